@@ -1,0 +1,78 @@
+"""Parameter scopes of estimators and the per-sample loss as a function of a flat vector."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ifval.kinds import TrainedBatch
+
+Scope = Literal["last_layer", "last_layer_weights", "all"]
+SCOPE_DESCRIPTION = (
+    "Parameters the estimate covers: `last_layer` (weights and bias), `last_layer_weights` "
+    "(weights only, as in the Epifano et al. scripts) or `all`."
+)
+
+
+@dataclass
+class FlatProblem:
+    """One trained model seen as a function of the parameters in scope.
+
+    ``loss(theta, inputs, labels)`` returns per-sample losses for ``inputs``
+    (last-layer features or raw inputs, whichever ``inputs_train`` holds).
+    """
+
+    theta: torch.Tensor
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    inputs_train: torch.Tensor
+    inputs_test: torch.Tensor
+
+
+def scope_names(batch: TrainedBatch, scope: Scope) -> list[str]:
+    weight, bias = batch.model.last_layer_names(batch.model_params)
+    if scope == "last_layer":
+        return [weight, bias]
+    if scope == "last_layer_weights":
+        return [weight]
+    return list(batch.weights)
+
+
+def flat_problem(batch: TrainedBatch, index: int, scope: Scope) -> FlatProblem:
+    """Model ``index`` of the batch, in float64, as a function of its parameters in ``scope``."""
+    model, params = batch.model, batch.model_params
+    single = {name: w[index : index + 1].detach().to(torch.float64) for name, w in
+              batch.weights.items()}
+    names = scope_names(batch, scope)
+    shapes = [single[name].shape[1:] for name in names]
+    sizes = [int(torch.Size(shape).numel()) for shape in shapes]
+    theta = torch.cat([single[name].reshape(-1) for name in names])
+    x_train = batch.x_train.to(torch.float64)
+    x_test = batch.x_test.to(torch.float64)
+
+    def unflatten(flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        weights = dict(single)
+        for name, chunk, shape in zip(names, flat.split(sizes), shapes, strict=True):
+            weights[name] = chunk.reshape(1, *shape)
+        return weights
+
+    if scope == "all":
+        def loss(flat: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            weights = unflatten(flat)
+            return model.loss(params, model.forward(params, weights, inputs), labels)[0]
+
+        return FlatProblem(theta, loss, x_train, x_test)
+
+    weight_name, bias_name = model.last_layer_names(params)
+    with torch.no_grad():
+        feats_train = model.features(params, single, x_train)[0]
+        feats_test = model.features(params, single, x_test)[0]
+
+    def head_loss(flat: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        weights = unflatten(flat)
+        logits = inputs @ weights[weight_name][0] + weights[bias_name][0]
+        return model.loss(params, logits[None], labels)[0]
+
+    return FlatProblem(theta, head_loss, feats_train, feats_test)

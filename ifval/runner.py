@@ -1,0 +1,89 @@
+"""Protocol → conditions → batches of trials → executor → run store."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ifval.plugins import default_catalog
+from ifval.protocol import Condition, Protocol, expand_conditions
+from ifval.store import RunStore
+from ifval.trial import BatchTask, repetition_seed, run_batch, trial_id
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+"""Called with (trials stored, trials in the protocol) after each stored trial."""
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    total: int
+    already_stored: int
+    computed: int
+
+
+def plan_batches(protocol: Protocol, conditions: list[Condition], finished: set[str]) -> list[BatchTask]:
+    """Batches holding at least one unfinished trial.
+
+    Repetitions are cut into fixed chunks of ``batch_size`` and a chunk is
+    always run whole, so a trial is computed in the same batch on a first run
+    and on a resumed one; the store keeps the first copy of a trial.
+    """
+    tasks = []
+    size = protocol.batch_size
+    for condition in conditions:
+        for start in range(0, protocol.repetitions, size):
+            repetitions = tuple(range(start, min(start + size, protocol.repetitions)))
+            if all(trial_id(condition.id, r) in finished for r in repetitions):
+                continue
+            seeds = tuple(repetition_seed(protocol.seed, r) for r in repetitions)
+            tasks.append(BatchTask(condition.id, condition.config, repetitions, seeds))
+    return tasks
+
+
+def run_protocol(
+    protocol: Protocol,
+    protocol_text: str = "",
+    output: str | Path | None = None,
+    progress: ProgressCallback | None = None,
+) -> RunSummary:
+    """Run every trial of ``protocol`` not yet in the run store, storing each as it finishes."""
+    run_dir = Path(output) if output is not None else protocol.output_dir
+    conditions = expand_conditions(protocol)
+    total = len(conditions) * protocol.repetitions
+    executor_spec = protocol.executor
+    executor = default_catalog().get("executor", executor_spec.name)
+    executor_params = executor.parse_params(executor_spec.settings)
+
+    with RunStore(run_dir, create=True) as store:
+        store.bind_protocol(protocol.model_dump(mode="json"), protocol_text)
+        store.add_conditions(conditions)
+        finished = store.finished_trials()
+        expected = {trial_id(c.id, r) for c in conditions for r in range(protocol.repetitions)}
+        stored = len(finished & expected)
+        tasks = plan_batches(protocol, conditions, finished)
+        logger.info("run %s: %d trials, %d already stored, %d batches to run",
+                    run_dir, total, stored, len(tasks))
+        if progress is not None:
+            progress(stored, total)
+        computed = 0
+
+        def on_result(task: BatchTask, records: list[dict]) -> None:
+            nonlocal stored, computed
+            for record in records:
+                if record["trial_id"] in finished:
+                    continue
+                store.write_trial(record)
+                finished.add(record["trial_id"])
+                stored += 1
+                computed += 1
+                if progress is not None:
+                    progress(stored, total)
+            logger.info("batch %s stored (%d of %d trials)", task.key, stored, total)
+
+        executor.run(executor_params, run_batch, tasks, on_result)
+    return RunSummary(run_dir, total, total - computed, computed)

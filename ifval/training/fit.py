@@ -1,0 +1,132 @@
+"""Full-batch training of stacked models: the loop behind training and retraining."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ifval.training.optim import BatchedAdam, BatchedPlateau
+
+logger = logging.getLogger(__name__)
+
+LossFunction = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+"""Maps stacked parameters to the data term of each model's objective, shape ``(B,)``."""
+
+
+@dataclass
+class FitSettings:
+    """Optimizer settings shared by training and retraining."""
+
+    epochs: int
+    lr: float
+    weight_decay: torch.Tensor
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    plateau_factor: float | None = None
+    plateau_patience: int = 100
+    plateau_threshold: float = 1e-4
+    plateau_min_lr: float = 0.0
+    records: int = 100
+    """How many evenly spaced epochs the history keeps."""
+
+
+@dataclass
+class FitResult:
+    """Parameters after training and what happened on the way, per model."""
+
+    weights: dict[str, torch.Tensor]
+    final_loss: torch.Tensor
+    final_lr: torch.Tensor
+    lr_reductions: torch.Tensor
+    history_epochs: list[int] = field(default_factory=list)
+    history_loss: list[torch.Tensor] = field(default_factory=list)
+    history_probe: list[torch.Tensor] = field(default_factory=list)
+    loss_window_start: torch.Tensor | None = None
+    """Loss at 90% of the epochs, to report the change over the last tenth."""
+
+
+def record_epochs(epochs: int, records: int) -> set[int]:
+    """Evenly spaced epochs to keep in the history, the first and the last included."""
+    if records <= 1 or epochs <= 1:
+        return {0, epochs}
+    step = max(1, epochs // (records - 1))
+    kept = set(range(0, epochs, step))
+    kept.add(epochs)
+    return kept
+
+
+def fit(
+    weights: dict[str, torch.Tensor],
+    loss_function: LossFunction,
+    settings: FitSettings,
+    probe: LossFunction | None = None,
+    on_epoch: Callable[[int], None] | None = None,
+) -> FitResult:
+    """Train stacked models with full-batch Adam and an optional plateau scheduler.
+
+    ``weights`` are copied; the originals are left unchanged. ``probe``
+    (for example the test loss) is recorded beside the loss in the history.
+    Epoch ``e`` of the history is the state after ``e`` optimizer steps.
+    """
+    names = list(weights)
+    params = [weights[name].detach().clone().requires_grad_(True) for name in names]
+    size = params[0].shape[0]
+    dtype = params[0].dtype
+    lr = torch.full((size,), settings.lr, dtype=dtype)
+    optimizer = BatchedAdam(params, lr, settings.weight_decay.to(dtype), settings.betas,
+                            settings.eps)
+    scheduler = None
+    if settings.plateau_factor is not None:
+        scheduler = BatchedPlateau(optimizer, settings.plateau_factor, settings.plateau_patience,
+                                   settings.plateau_threshold, settings.plateau_min_lr)
+    kept = record_epochs(settings.epochs, settings.records)
+    window_epoch = int(settings.epochs * 0.9)
+    result = FitResult(weights={}, final_loss=torch.empty(0), final_lr=lr,
+                       lr_reductions=torch.zeros(size, dtype=torch.long))
+
+    def as_dict() -> dict[str, torch.Tensor]:
+        return dict(zip(names, params, strict=True))
+
+    for epoch in range(settings.epochs):
+        losses = loss_function(as_dict())
+        grads = torch.autograd.grad(losses.sum(), params)
+        detached = losses.detach()
+        _remember(result, epoch, kept, window_epoch, detached, probe, as_dict)
+        optimizer.step(list(grads))
+        if scheduler is not None:
+            scheduler.step(detached)
+        if on_epoch is not None:
+            on_epoch(epoch)
+
+    with torch.no_grad():
+        final = loss_function(as_dict()).detach()
+    _remember(result, settings.epochs, kept, window_epoch, final, probe, as_dict)
+    result.weights = {name: p.detach() for name, p in zip(names, params, strict=True)}
+    result.final_loss = final
+    result.final_lr = optimizer.lr
+    if scheduler is not None:
+        result.lr_reductions = scheduler.reductions
+    return result
+
+
+def _remember(
+    result: FitResult,
+    epoch: int,
+    kept: set[int],
+    window_epoch: int,
+    losses: torch.Tensor,
+    probe: LossFunction | None,
+    as_dict: Callable[[], dict[str, torch.Tensor]],
+) -> None:
+    if epoch == window_epoch:
+        result.loss_window_start = losses.clone()
+    if epoch not in kept:
+        return
+    result.history_epochs.append(epoch)
+    result.history_loss.append(losses.clone())
+    if probe is not None:
+        with torch.no_grad():
+            result.history_probe.append(probe(as_dict()).detach())

@@ -1,0 +1,213 @@
+"""One batch of trials, step by step: data, training, points, ground truths, estimates, scores.
+
+A batch is the repetitions of one condition trained side by side as stacked
+models. Every repetition keeps its own seed and yields its own record, as if
+it had run alone; the run store saves records one trial at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ifval.protocol import Points, ResolvedCondition, Training, resolve_condition
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchTask:
+    """What an executor ships to a worker: a condition's configuration and repetitions."""
+
+    condition_id: str
+    config: dict[str, Any]
+    repetitions: tuple[int, ...]
+    seeds: tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.condition_id}[{self.repetitions[0]}..{self.repetitions[-1]}]"
+
+
+def trial_id(condition_id: str, repetition: int) -> str:
+    return f"{condition_id}-{repetition:04d}"
+
+
+def repetition_seed(base_seed: int, repetition: int) -> int:
+    """Seed of repetition ``repetition``; the same in every condition, so conditions are paired."""
+    return int(np.random.SeedSequence([base_seed, repetition]).generate_state(1)[0])
+
+
+def run_batch(task: BatchTask) -> list[dict[str, Any]]:
+    """Run every repetition of ``task`` and return one record per trial."""
+    import torch
+
+    resolved = resolve_condition(task.config)
+    started = time.perf_counter()
+    dataset, dataset_params = resolved.dataset
+    split = dataset.load(dataset_params)
+    dtype = getattr(torch, resolved.training.dtype)
+
+    batch, fit_result = _train(resolved, split, task.seeds, dtype)
+    trained_at = time.perf_counter()
+    train_losses = _per_sample_losses(batch)
+    points = select_points(resolved.points, train_losses, task.seeds)
+
+    truths, diagnostics, normalisations = {}, {}, {}
+    for label, plugin, params in resolved.ground_truths:
+        result = plugin.measure(params, batch, points)
+        truths[label] = result.values
+        diagnostics[label] = result.diagnostics
+        normalisations[label] = plugin.normalisation(params)
+    truths_at = time.perf_counter()
+
+    estimates: dict[tuple[str, str], np.ndarray] = {}
+    for label, plugin, params in resolved.estimators:
+        for normalisation in sorted(set(normalisations.values())):
+            result = plugin.estimate(params, batch, points, normalisation)
+            estimates[(label, normalisation)] = result.values
+    estimated_at = time.perf_counter()
+
+    timings = {
+        "training_s": trained_at - started,
+        "ground_truths_s": truths_at - trained_at,
+        "estimators_s": estimated_at - truths_at,
+        "batch_size": len(task.seeds),
+    }
+    records = []
+    for b, (repetition, seed) in enumerate(zip(task.repetitions, task.seeds, strict=True)):
+        records.append(_record(task, resolved, split, batch, fit_result, b, repetition, seed,
+                               points[b], train_losses[b], truths, diagnostics, normalisations,
+                               estimates, timings))
+    return records
+
+
+def select_points(settings: Points, train_losses: np.ndarray, seeds: tuple[int, ...]) -> np.ndarray:
+    """Training rows checked in each trial, an integer array ``(B, k)``."""
+    size, n = train_losses.shape
+    if settings.strategy == "all":
+        return np.tile(np.arange(n), (size, 1))
+    k = settings.k or n
+    if k > n:
+        from ifval.errors import IfvalError
+
+        msg = f"points.k: {k} points requested but the training set has only {n}; lower k"
+        raise IfvalError(msg)
+    if settings.strategy == "top_loss":
+        # Stable sort on the negated loss: ties keep row order, so the choice is deterministic.
+        return np.argsort(-train_losses, axis=1, kind="stable")[:, :k]
+    rows = [np.random.default_rng([seed, 1]).choice(n, size=k, replace=False) for seed in seeds]
+    return np.stack(rows)
+
+
+def _train(resolved: ResolvedCondition, split, seeds, dtype):  # type: ignore[no-untyped-def]
+    import torch
+
+    from ifval.kinds import TrainedBatch
+    from ifval.training.fit import FitSettings, fit
+
+    model, model_params = resolved.model
+    training: Training = resolved.training
+    initial = [
+        model.init(model_params, split.n_features, split.n_classes,
+                   torch.Generator().manual_seed(seed))
+        for seed in seeds
+    ]
+    weights = {name: torch.stack([w[name] for w in initial]).to(dtype) for name in initial[0]}
+    x_train = torch.as_tensor(split.x_train, dtype=dtype)
+    y_train = torch.as_tensor(split.y_train, dtype=torch.long)
+    x_test = torch.as_tensor(split.x_test, dtype=dtype)
+    y_test = torch.as_tensor(split.y_test, dtype=torch.long)
+    decay = torch.full((len(seeds),), training.weight_decay, dtype=dtype)
+
+    def data_term(current):  # type: ignore[no-untyped-def]
+        return model.loss(model_params, model.forward(model_params, current, x_train),
+                          y_train).mean(dim=1)
+
+    plateau = training.plateau
+    settings = FitSettings(
+        epochs=training.epochs, lr=training.lr, weight_decay=decay, betas=training.betas,
+        eps=training.eps,
+        plateau_factor=plateau.factor if plateau else None,
+        plateau_patience=plateau.patience if plateau else 0,
+        plateau_threshold=plateau.threshold if plateau else 0.0,
+        plateau_min_lr=plateau.min_lr if plateau else 0.0,
+    )
+    result = fit(weights, data_term, settings)
+    batch = TrainedBatch(model, model_params, result.weights, x_train, y_train, x_test, y_test,
+                         decay, list(seeds))
+    return batch, result
+
+
+def _per_sample_losses(batch) -> np.ndarray:  # type: ignore[no-untyped-def]
+    import torch
+
+    with torch.no_grad():
+        output = batch.model.forward(batch.model_params, batch.weights, batch.x_train)
+        return batch.model.loss(batch.model_params, output, batch.y_train).numpy()
+
+
+def _training_summary(batch, fit_result, b: int) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    import torch
+
+    with torch.no_grad():
+        single = {name: w[b : b + 1] for name, w in batch.weights.items()}
+        train_out = batch.model.forward(batch.model_params, single, batch.x_train)
+        test_out = batch.model.forward(batch.model_params, single, batch.x_test)
+        test_loss = batch.model.loss(batch.model_params, test_out, batch.y_test).mean()
+        accuracy = (train_out[0].argmax(-1) == batch.y_train).double().mean()
+    return {
+        "final_train_loss": float(fit_result.final_loss[b]),
+        "train_accuracy": float(accuracy),
+        "test_loss": float(test_loss),
+        "final_lr": float(fit_result.final_lr[b]),
+        "lr_reductions": int(fit_result.lr_reductions[b]),
+        "history_epochs": list(fit_result.history_epochs),
+        "history_loss": [float(loss[b]) for loss in fit_result.history_loss],
+    }
+
+
+def _record(task, resolved, split, batch, fit_result, b, repetition, seed, points, train_losses,  # type: ignore[no-untyped-def]
+            truths, diagnostics, normalisations, estimates, timings) -> dict[str, Any]:
+    scores = []
+    for estimator_label, _, _ in resolved.estimators:
+        for truth_label, values in truths.items():
+            estimate = estimates[(estimator_label, normalisations[truth_label])][b]
+            for scorer_label, scorer, scorer_params in resolved.scorers:
+                score = scorer.score(scorer_params, estimate, values[b])
+                scores.append({
+                    "estimator": estimator_label,
+                    "ground_truth": truth_label,
+                    "scorer": scorer_label,
+                    "value": score.value,
+                    "reason": score.reason,
+                })
+    return {
+        "trial_id": trial_id(task.condition_id, repetition),
+        "condition_id": task.condition_id,
+        "repetition": repetition,
+        "seed": seed,
+        "test_ids": split.test_ids.tolist(),
+        "dataset_info": split.info,
+        "points": [
+            {"train_row": int(row), "dataset_row": int(split.train_ids[row]),
+             "label": int(split.y_train[row]), "training_loss": float(train_losses[row])}
+            for row in points
+        ],
+        "estimates": [
+            {"estimator": label, "normalisation": normalisation, "values": values[b].tolist()}
+            for (label, normalisation), values in estimates.items()
+        ],
+        "truths": [
+            {"ground_truth": label, "normalisation": normalisations[label],
+             "values": values[b].tolist(), "diagnostics": diagnostics[label][b]}
+            for label, values in truths.items()
+        ],
+        "scores": scores,
+        "training": _training_summary(batch, fit_result, b),
+        "timings": timings,
+    }
