@@ -146,8 +146,7 @@ def _print_report(run_dir: Path) -> None:
     columns = [*built.factors, "estimator", "ground_truth", "scorer"]
     for column in [*columns, "mean", "95% interval", "n", "NaN"]:
         table.add_column(column)
-    for row in built.cells.itertuples(index=False):
-        values = row._asdict()
+    for values in built.cells.to_dict(orient="records"):
         interval = f"[{values['ci_low']:.3f}, {values['ci_high']:.3f}]"
         table.add_row(*(str(values[c]) for c in columns), f"{values['mean']:.3f}", interval,
                       str(values["n"]), str(values["n_nan"]))
@@ -157,8 +156,7 @@ def _print_report(run_dir: Path) -> None:
         for column in ["factor", "fixed", "estimator", "ground_truth", "scorer", "F", "p", "η²",
                        "verdict"]:
             anova.add_column(column)
-        for row in built.anova.itertuples(index=False):
-            values = row._asdict()
+        for values in built.anova.to_dict(orient="records"):
             anova.add_row(values["factor"], values["fixed"], values["estimator"],
                           values["ground_truth"], values["scorer"], f"{values['F']:.3g}",
                           f"{values['p']:.3g}", f"{values['eta_squared']:.3g}", values["verdict"])

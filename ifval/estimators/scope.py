@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from ifval.kinds import TrainedBatch
+
+if TYPE_CHECKING:
+    import torch
 
 Scope = Literal["last_layer", "last_layer_weights", "all"]
 SCOPE_DESCRIPTION = (
@@ -42,6 +43,8 @@ def scope_names(batch: TrainedBatch, scope: Scope) -> list[str]:
 
 def flat_problem(batch: TrainedBatch, index: int, scope: Scope) -> FlatProblem:
     """Model ``index`` of the batch, in float64, as a function of its parameters in ``scope``."""
+    import torch
+
     model, params = batch.model, batch.model_params
     single = {name: w[index : index + 1].detach().to(torch.float64) for name, w in
               batch.weights.items()}
