@@ -43,10 +43,12 @@ class UnknownPluginError(PluginError):
         self.kind = kind
         self.name = name
         self.known = known
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         listed = ", ".join(known) if known else "none"
-        super().__init__(f"unknown {kind} {name!r}; known {kind}s: {listed}.{hint}")
+        message = f"unknown {kind} {name!r}; known {kind}s: {listed}"
+        close = difflib.get_close_matches(str(name), known, n=1)
+        if close:
+            message += f". Did you mean {close[0]!r}?"
+        super().__init__(message)
 
 
 class NumericalError(IfvalError):

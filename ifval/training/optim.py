@@ -55,7 +55,8 @@ class BatchedAdam:
             exp_avg.lerp_(grad, 1 - self.beta1)
             exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
-            param.sub_(_per_model(step_size, param) * exp_avg / denom)
+            # Same order as torch.optim.Adam: (m / denom) first, then the step size.
+            param.sub_(exp_avg / denom * _per_model(step_size, param))
 
 
 class BatchedPlateau:

@@ -1,0 +1,144 @@
+"""Batched Adam, plateau scheduling and stacked training against torch's own classes."""
+
+from __future__ import annotations
+
+import torch
+
+from ifval.models.mlp import MLP, MLPParams
+from ifval.training.fit import FitSettings, fit
+from ifval.training.optim import BatchedAdam, BatchedPlateau
+
+
+def torch_reference(weights, x, y, steps, lr, decay, plateau=None):
+    """Train one model alone with torch.optim.Adam (and ReduceLROnPlateau) on nn.Linear layers."""
+    layers = torch.nn.ModuleList()
+    for name in ("layers.0", "out"):
+        weight = weights[f"{name}.weight"]
+        linear = torch.nn.Linear(*weight.shape, dtype=torch.float64)
+        with torch.no_grad():
+            linear.weight.copy_(weight.T)
+            linear.bias.copy_(weights[f"{name}.bias"])
+        layers.append(linear)
+    optimizer = torch.optim.Adam(layers.parameters(), lr=lr, weight_decay=decay)
+    scheduler = None
+    if plateau is not None:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=plateau[0], patience=plateau[1], threshold=plateau[2])
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(layers[1](torch.selu(layers[0](x))), y)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step(loss.item())
+    final_lr = optimizer.param_groups[0]["lr"]
+    return {"layers.0.weight": layers[0].weight.detach().T, "out.weight": layers[1].weight.detach().T}, final_lr
+
+
+def stacked_models(seeds, width=6):
+    model, params = MLP(), MLPParams(depth=1, width=width)
+    initial = [model.init(params, 4, 3, torch.Generator().manual_seed(s)) for s in seeds]
+    return model, params, {k: torch.stack([w[k] for w in initial]) for k in initial[0]}
+
+
+def data_term(model, params, x, y):
+    def loss(weights):
+        return model.loss(params, model.forward(params, weights, x), y).mean(dim=1)
+
+    return loss
+
+
+# Tolerance: both sides run float64 arithmetic in a different summation order
+# (batched matmul and log-softmax against nn.Linear and cross_entropy). The
+# parameters agree to 7e-16 after one step, but Adam divides by √v, which
+# magnifies rounding error in near-zero gradient coordinates: measured 7e-11
+# after 10 steps and 1.4e-8 after 500 (lr 0.01). 1e-6 absolute bounds that.
+TOLERANCE = 1e-6
+
+
+def test_batched_training_matches_torch_adam(iris_split):
+    x = torch.tensor(iris_split.x_train)
+    y = torch.tensor(iris_split.y_train)
+    seeds = [3, 4, 5]
+    model, params, weights = stacked_models(seeds)
+    settings = FitSettings(epochs=500, lr=0.01, weight_decay=torch.full((3,), 0.005))
+
+    result = fit(weights, data_term(model, params, x, y), settings)
+    for b in range(3):
+        alone = {k: v[b] for k, v in weights.items()}
+        expected, _ = torch_reference(alone, x, y, 500, 0.01, 0.005)
+        for name, value in expected.items():
+            torch.testing.assert_close(result.weights[name][b], value, rtol=TOLERANCE,
+                                       atol=TOLERANCE)
+
+
+def test_plateau_schedule_matches_torch(iris_split):
+    x = torch.tensor(iris_split.x_train)
+    y = torch.tensor(iris_split.y_train)
+    model, params, weights = stacked_models([11])
+    settings = FitSettings(epochs=400, lr=0.05, weight_decay=torch.zeros(1),
+                           plateau_factor=0.5, plateau_patience=2, plateau_threshold=0.02)
+
+    result = fit(weights, data_term(model, params, x, y), settings)
+    alone = {k: v[0] for k, v in weights.items()}
+    expected, expected_lr = torch_reference(alone, x, y, 400, 0.05, 0.0, plateau=(0.5, 2, 0.02))
+    assert result.lr_reductions[0] > 0
+    assert float(result.final_lr[0]) == expected_lr
+    for name, value in expected.items():
+        torch.testing.assert_close(result.weights[name][0], value, rtol=TOLERANCE,
+                                   atol=TOLERANCE)
+
+
+def test_mixed_weight_decay_stays_per_model(iris_split):
+    """A batch mixing two decays and two learning rates equals the two runs apart."""
+    x = torch.tensor(iris_split.x_train)
+    y = torch.tensor(iris_split.y_train)
+    model, params, weights = stacked_models([1, 1])
+    loss = data_term(model, params, x, y)
+    decays = torch.tensor([0.0, 0.05], dtype=torch.float64)
+    rates = torch.tensor([0.01, 0.002], dtype=torch.float64)
+
+    mixed = [w.clone() for w in weights.values()]
+    optimizer = BatchedAdam(mixed, rates, decays)
+    for _ in range(200):
+        grads = torch.autograd.grad(loss(dict(zip(weights, [p.requires_grad_() for p in mixed],
+                                                      strict=True))).sum(), mixed)
+        optimizer.step(list(grads))
+    for b in range(2):
+        alone = {k: v[b] for k, v in weights.items()}
+        expected, _ = torch_reference(alone, x, y, 200, float(rates[b]), float(decays[b]))
+        result = dict(zip(weights, mixed, strict=True))
+        for name, value in expected.items():
+            torch.testing.assert_close(result[name][b].detach(), value, rtol=TOLERANCE,
+                                       atol=TOLERANCE)
+
+
+def test_batch_composition_leaves_results_unchanged(iris_split):
+    """A model trained among others ends where it ends when trained alone."""
+    x = torch.tensor(iris_split.x_train)
+    y = torch.tensor(iris_split.y_train)
+    model, params, weights = stacked_models([21, 22, 23])
+    settings = FitSettings(epochs=300, lr=0.01, weight_decay=torch.zeros(3))
+    together = fit(weights, data_term(model, params, x, y), settings)
+
+    _, _, alone_weights = stacked_models([22])
+    settings_alone = FitSettings(epochs=300, lr=0.01, weight_decay=torch.zeros(1))
+    alone = fit(alone_weights, data_term(model, params, x, y), settings_alone)
+    for name in weights:
+        torch.testing.assert_close(together.weights[name][1], alone.weights[name][0],
+                                   rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def test_plateau_counts_like_torch():
+    """The scheduler alone, on a fixed metric sequence, cuts where torch cuts."""
+    metrics = [1.0, 0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.7] + [0.7] * 10
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    reference = torch.optim.Adam([parameter], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(reference, factor=0.5, patience=2,
+                                                           threshold=1e-4)
+    batched = BatchedAdam([torch.zeros(1, 1)], torch.tensor([1.0]), torch.tensor([0.0]))
+    plateau = BatchedPlateau(batched, factor=0.5, patience=2)
+    for metric in metrics:
+        scheduler.step(metric)
+        plateau.step(torch.tensor([metric]))
+        assert float(batched.lr[0]) == reference.param_groups[0]["lr"]
