@@ -59,8 +59,14 @@ def validate(protocol_file: Path) -> None:
 def run(protocol_file: Path, output: Path | None, workers: int | None, no_report: bool) -> None:
     """Run PROTOCOL_FILE, resuming from the trials already stored in its run directory."""
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from ifval.protocol import load_protocol
     from ifval.runner import run_protocol

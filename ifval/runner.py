@@ -7,8 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ifval.errors import IfvalError
 from ifval.plugins import default_catalog
-from ifval.protocol import Condition, Protocol, expand_conditions
+from ifval.protocol import Condition, Protocol, expand_conditions, resolve_condition
 from ifval.store import RunStore
 from ifval.trial import BatchTask, repetition_seed, run_batch, trial_id
 
@@ -26,7 +27,8 @@ class RunSummary:
     computed: int
 
 
-def plan_batches(protocol: Protocol, conditions: list[Condition], finished: set[str]) -> list[BatchTask]:
+def plan_batches(protocol: Protocol, conditions: list[Condition],
+                 finished: set[str]) -> list[BatchTask]:
     """Batches holding at least one unfinished trial.
 
     Repetitions are cut into fixed chunks of ``batch_size`` and a chunk is
@@ -45,6 +47,23 @@ def plan_batches(protocol: Protocol, conditions: list[Condition], finished: set[
     return tasks
 
 
+def check_conditions(conditions: list[Condition]) -> None:
+    """Load each condition's dataset and check what only the data can tell, before training."""
+    sizes: dict[str, int] = {}
+    for condition in conditions:
+        resolved = resolve_condition(condition.config)
+        dataset, dataset_params = resolved.dataset
+        key = repr(condition.config["dataset"])
+        if key not in sizes:
+            sizes[key] = len(dataset.load(dataset_params).y_train)
+        points = resolved.points
+        if points.strategy != "all" and points.k is not None and points.k > sizes[key]:
+            msg = (f"points.k: {points.k} points requested but dataset "
+                   f"{condition.config['dataset']['name']!r} has {sizes[key]} training points "
+                   f"(condition {condition.label or 'default'}); lower k or use strategy 'all'")
+            raise IfvalError(msg)
+
+
 def run_protocol(
     protocol: Protocol,
     protocol_text: str = "",
@@ -54,6 +73,7 @@ def run_protocol(
     """Run every trial of ``protocol`` not yet in the run store, storing each as it finishes."""
     run_dir = Path(output) if output is not None else protocol.output_dir
     conditions = expand_conditions(protocol)
+    check_conditions(conditions)
     total = len(conditions) * protocol.repetitions
     executor_spec = protocol.executor
     executor = default_catalog().get("executor", executor_spec.name)

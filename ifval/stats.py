@@ -27,7 +27,8 @@ def t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, flo
     return float(mean - half), float(mean + half)
 
 
-def cell_summary(scores: pd.DataFrame, factors: list[str], confidence: float = 0.95) -> pd.DataFrame:
+def cell_summary(scores: pd.DataFrame, factors: list[str],
+                 confidence: float = 0.95) -> pd.DataFrame:
     """Mean, t-interval, standard deviation, n and NaN count of each cell.
 
     A cell is one combination of factor levels, estimator, ground truth and
@@ -100,7 +101,8 @@ def _anova_row(pingouin: Any, data: pd.DataFrame, factor: str, alpha: float) -> 
         "df_between": float(between["DF"]),
         "df_within": float(table.iloc[1]["DF"]),
         "eta_squared": float(between["SS"]) / total_ss if total_ss > 0 else float("nan"),
-        "verdict": f"differs (p < {alpha:g})" if p < alpha else f"no evidence of a difference (p ≥ {alpha:g})",
+        "verdict": (f"differs (p < {alpha:g})" if p < alpha
+                    else f"no evidence of a difference (p ≥ {alpha:g})"),
     }
 
 

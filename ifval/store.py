@@ -76,7 +76,8 @@ class RunStore:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / STORE_NAME
         if not create and not self.path.exists():
-            msg = f"no ifval run store in {self.run_dir} (expected {self.path}); run `ifval run` first"
+            msg = (f"no ifval run store in {self.run_dir} (expected {self.path}); "
+                   "run `ifval run` first")
             raise StoreError(msg)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.connection = sqlite3.connect(self.path)
@@ -225,8 +226,17 @@ class RunStore:
         return _expand_factors(frame)
 
 
+def _hashable(value: Any) -> Any:
+    """A factor level usable as a table key: mappings and lists become compact JSON."""
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return value
+
+
 def _expand_factors(frame):  # type: ignore[no-untyped-def]
     import pandas as pd
 
-    factors = pd.DataFrame([json.loads(v) for v in frame.pop("factors")], index=frame.index)
+    rows = [{name: _hashable(value) for name, value in json.loads(v).items()}
+            for v in frame.pop("factors")]
+    factors = pd.DataFrame(rows, index=frame.index)
     return pd.concat([factors, frame], axis=1)

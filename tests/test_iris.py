@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from sklearn.datasets import load_iris
 
 from ifval.datasets.iris import Iris, IrisParams
@@ -30,5 +31,12 @@ def test_standardised_with_training_statistics():
 
 
 def test_out_of_range_row_rejected():
-    with pytest.raises(IfvalError, match=r"row 150 is out of range; Iris has rows 0 to 149"):
-        Iris().load(IrisParams(test_point=150))
+    with pytest.raises(ValidationError, match=r"Input should be less than 150"):
+        Iris().parse_params({"test_point": 150})
+
+
+def test_out_of_range_row_rejected_at_load():
+    """A row built without validation still fails with a message, not an IndexError."""
+    params = IrisParams.model_construct(test_point=-1, loo_c=100.0)
+    with pytest.raises(IfvalError, match=r"row -1 is out of range; Iris has rows 0 to 149"):
+        Iris().load(params)

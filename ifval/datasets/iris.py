@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,15 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field
 import ifval
 from ifval.datasets.split import max_loo_loss_index, standardise_split
 from ifval.errors import IfvalError
-from ifval.kinds import DataSplit, Dataset
+from ifval.kinds import Dataset, DataSplit
 
 N_ROWS = 150
+RowIndex = Annotated[int, Field(ge=0, lt=N_ROWS, strict=True)]
 
 
 class IrisParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    test_point: int | Literal["max_loo_loss"] = Field(
+    test_point: RowIndex | Literal["max_loo_loss"] = Field(
         "max_loo_loss",
         description="Row held out as the test point, or `max_loo_loss` for the row with the "
         "largest leave-one-out loss under multinomial logistic regression (row 83).",

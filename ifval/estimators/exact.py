@@ -66,7 +66,8 @@ class Exact(Estimator):
         def mean_train_loss(theta: torch.Tensor) -> torch.Tensor:
             return problem.loss(theta, problem.inputs_train, y_train).mean()
 
-        def one_loss(theta: torch.Tensor, inputs: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        def one_loss(theta: torch.Tensor, inputs: torch.Tensor,
+                     label: torch.Tensor) -> torch.Tensor:
             return problem.loss(theta, inputs[None], label[None])[0]
 
         theta = problem.theta

@@ -120,7 +120,7 @@ class RetrainFromOptimum(GroundTruth):
         weights = {name: w.clone().requires_grad_(True) for name, w in result.weights.items()}
         objective = data_term(weights)
         decay = settings.weight_decay.to(objective.dtype)
-        for name, w in weights.items():
+        for w in weights.values():
             penalty = 0.5 * decay.reshape(-1, *([1] * (w.dim() - 1))) * w.pow(2)
             objective = objective + penalty.flatten(1).sum(dim=1)
         grads = torch.autograd.grad(objective.sum(), list(weights.values()))

@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 class MLPParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    depth: int = Field(1, ge=0, le=64, description="Hidden layers; 0 gives a linear classifier.")
-    width: int = Field(8, ge=1, le=65536, description="Units per hidden layer.")
+    depth: int = Field(1, ge=0, le=64, strict=True,
+                       description="Hidden layers; 0 gives a linear classifier.")
+    width: int = Field(8, ge=1, le=65536, strict=True, description="Units per hidden layer.")
     activation: Literal["selu", "tanh", "relu"] = Field("selu", description="Hidden activation.")
 
 

@@ -101,7 +101,8 @@ def _markdown(report: Report, summary: dict[str, Any]) -> str:
 def _markdown_table(frame: pd.DataFrame) -> str:
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "---|" * len(frame.columns)
-    rows = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    rows = ["| " + " | ".join(_cell(v) for v in row) + " |"
+            for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
 
 

@@ -21,7 +21,9 @@ def _pyplot():  # type: ignore[no-untyped-def]
 
 def plot_scores(cells: pd.DataFrame, factors: list[str], out_dir: Path, stem: str = "scores",
                 confidence: float = 0.95) -> list[Path]:
-    """Mean score per cell with interval error bars, one panel per scorer (Figure 1 of Epifano et al.).
+    """Plot the mean score per cell with interval error bars, one panel per scorer.
+
+    This is the analogue of Figure 1 of Epifano et al.
 
     The x axis is the first factor that is not the variant; each line is one
     variant (and estimator/ground truth pair, when the run has several).

@@ -20,7 +20,8 @@ MIN_POINTS = 3
 def check_pair(estimate: np.ndarray, truth: np.ndarray) -> str | None:
     """Return why a pair cannot be scored, or None when it can."""
     if estimate.shape != truth.shape or estimate.ndim != 1:
-        return f"estimate and truth must be vectors of one length, got {estimate.shape} and {truth.shape}"
+        return (f"estimate and truth must be vectors of one length, got {estimate.shape} "
+                f"and {truth.shape}")
     if estimate.size < MIN_POINTS:
         return f"fewer than {MIN_POINTS} points ({estimate.size})"
     if not np.isfinite(estimate).all():
