@@ -77,11 +77,16 @@ class RetrainFromOptimum(GroundTruth):
                 feats_test = model.features(model_params, batch.weights, batch.x_test)
 
             def outputs(weights, on_test: bool):  # type: ignore[no-untyped-def]
+                # The k retrains of model b share its features, so their heads are
+                # laid side by side: one (n, h) @ (h, k·C) product per model.
                 feats = feats_test if on_test else feats_train
-                weight = weights[weight_name].reshape(size, k, *weights[weight_name].shape[1:])
-                bias = weights[bias_name].reshape(size, k, 1, -1)
-                logits = feats[:, None] @ weight + bias
-                return logits.reshape(size * k, *logits.shape[2:])
+                weight = weights[weight_name]
+                hidden, classes = weight.shape[1:]
+                side_by_side = weight.reshape(size, k, hidden, classes).permute(0, 2, 1, 3)
+                logits = feats @ side_by_side.reshape(size, hidden, k * classes)
+                logits = logits.reshape(size, -1, k, classes)
+                logits = logits + weights[bias_name].reshape(size, 1, k, classes)
+                return logits.permute(0, 2, 1, 3).reshape(size * k, -1, classes)
         else:
             trainable = list(batch.weights)
 
