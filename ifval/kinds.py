@@ -135,6 +135,24 @@ class Model(PluginBase):
         index = y.expand(output.shape[0], -1)[..., None]
         return -log_probs.gather(-1, index)[..., 0]
 
+    def objective(
+        self, params: BaseModel, x: torch.Tensor, y: torch.Tensor, sample_weights: torch.Tensor
+    ):  # type: ignore[no-untyped-def]
+        """Return a ``ValueAndGrad`` of the data term Σ_i a_bi ℓ(z_i, θ_b) of each model.
+
+        ``sample_weights`` ``a`` has shape ``(B, n)``: 1/n everywhere for the
+        training objective, zero at removed points for a retrain. The default
+        differentiates :meth:`forward` and :meth:`loss` with autograd; a
+        model may return hand-written gradients instead.
+        """
+        from ifval.training.fit import autograd_value_and_grad
+
+        def data_term(weights):  # type: ignore[no-untyped-def]
+            losses = self.loss(params, self.forward(params, weights, x), y)
+            return (losses * sample_weights).sum(dim=1)
+
+        return autograd_value_and_grad(data_term)
+
 
 # --------------------------------------------------------------- estimation inputs
 

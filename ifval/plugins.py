@@ -30,6 +30,7 @@ BUILTIN_MODULES = {
     "exact": "ifval.estimators.exact",
     "retrain_from_optimum": "ifval.ground_truths.retrain",
     "correlation": "ifval.scorers.correlation",
+    "topk": "ifval.scorers.topk",
     "local": "ifval.executors.local",
 }
 """Entry-point name → module of every plugin module that ships with ifval."""

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ifval.errors import IfvalError, ProtocolError, UnknownPluginError
 from ifval.plugins import Catalog, default_catalog
+from ifval.settings import Plateau, Real
 
 VARIANT_FACTOR = "variant"
 """Factor name under which a condition's variant is recorded."""
@@ -39,19 +39,6 @@ DEFAULT_VARIANT = "default"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-def _reject_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise PydanticCustomError("float_type", "Input should be a valid number")
-    return value
-
-
-Real = Annotated[float, BeforeValidator(_reject_bool)]
-"""A float setting that rejects ``true`` and ``false``.
-
-Strings are still converted, because PyYAML reads ``1e-3`` (no dot) as a string.
-"""
 
 
 class PluginSpec(BaseModel):
@@ -73,19 +60,6 @@ class PluginSpec(BaseModel):
     @property
     def key(self) -> str:
         return self.label or self.name
-
-
-class Plateau(_Strict):
-    """ReduceLROnPlateau on the full-batch training loss, with torch's semantics."""
-
-    factor: Real = Field(0.1, gt=0, lt=1, description="Multiplier applied to the learning rate.")
-    patience: int = Field(
-        100, ge=0, strict=True, description="Epochs without improvement before a cut."
-    )
-    threshold: Real = Field(
-        1e-4, ge=0, description="Relative improvement that counts as better (mode 'rel')."
-    )
-    min_lr: Real = Field(0.0, ge=0, description="Lower bound on the learning rate.")
 
 
 class Training(_Strict):
@@ -120,18 +94,71 @@ class Points(_Strict):
     )
 
 
+class TrialPlots(_Strict):
+    """Which trials get a plot of estimated and true changes against rank."""
+
+    trials: list[str] = Field(
+        default_factory=list,
+        description="Trial ids to plot (the `trial_id` column of `ifval export`).",
+    )
+    worst: int = Field(
+        3, ge=0, strict=True,
+        description="Also plot this many worst-scoring (trial, estimator, ground truth) "
+        "combinations; 0 for none.",
+    )
+    scorer: str | None = Field(
+        None, description="Scorer label that ranks the worst trials; default the first "
+        "analysed scorer.",
+    )
+
+
 class Statistics(_Strict):
     """What the report computes."""
 
     scores: list[str] | None = Field(
         None, description="Scorer labels to analyse; default all scorers of the protocol."
     )
+    measures: list[str] = Field(
+        default_factory=list,
+        description="Per-trial measures analysed like scores, named as columns of the "
+        "exported trials table: `training.test_loss`, `training.final_train_loss`, "
+        "`training.train_accuracy`, or a `time.` column.",
+    )
     factors: list[str] | None = Field(
         None,
-        description="Factors of the one-way ANOVAs: grid paths or `variant`. Default: every "
-        "grid path, plus `variant` when there are several variants.",
+        description="Factors of the ANOVAs: grid paths, `variant`, `estimator` or "
+        "`ground_truth`. Default: every grid path, plus `variant` when there are several "
+        "variants.",
+    )
+    two_way: list[tuple[str, str]] | None = Field(
+        None,
+        description="Factor pairs of two-way ANOVAs, each a grid path, `variant`, `estimator` "
+        "or `ground_truth`. Default: every pair of `factors`; an empty list for none.",
+    )
+    post_hoc: Literal["auto", "tukey", "games_howell", "t_test", "none"] = Field(
+        "auto",
+        description="Pairwise tests between the levels of each factor: `auto` is Tukey's HSD, "
+        "or Games-Howell when Levene's test rejects equal variances; `t_test` uses "
+        "`p_adjust`.",
+    )
+    p_adjust: Literal["holm", "bonf", "sidak", "fdr_bh", "fdr_by", "none"] = Field(
+        "holm", description="Multiple-comparison correction of the `t_test` post-hoc tests."
     )
     confidence: Real = Field(0.95, gt=0, lt=1, description="Level of the intervals per cell.")
+    interval: Literal["t", "bootstrap"] = Field(
+        "t", description="Interval of a cell mean: Student-t, or bootstrap BCa."
+    )
+    bootstrap_resamples: int = Field(
+        9999, ge=100, strict=True, description="Resamples of each bootstrap interval."
+    )
+    alpha: Real = Field(
+        0.05, gt=0, lt=1,
+        description="Significance level of the verdicts, Levene's test and post-hoc tests.",
+    )
+    trial_plots: TrialPlots = Field(
+        default_factory=TrialPlots,
+        description="Trials plotted with estimated and true changes against rank.",
+    )
 
 
 class Protocol(_Strict):
@@ -670,23 +697,55 @@ def _condition_note(labels: list[str], count: int) -> str:
 
 
 def _check_statistics(protocol: Protocol) -> list[str]:
+    statistics = protocol.statistics
     problems = []
     labels = [spec.key for spec in protocol.scorers]
-    for index, score in enumerate(protocol.statistics.scores or []):
+    for index, score in enumerate(statistics.scores or []):
         if score not in labels:
             problems.append(
                 f"statistics.scores[{index}]: {score!r} is not a scorer label of this protocol; "
                 f"allowed: {', '.join(labels)}"
             )
-    allowed = list(protocol.grid) + ([VARIANT_FACTOR] if protocol.variants else [])
-    for index, factor in enumerate(protocol.statistics.factors or []):
-        if factor not in allowed:
-            listed = ", ".join(allowed) or "none (the protocol has no grid or variants)"
+    for index, measure in enumerate(statistics.measures):
+        if not measure.startswith(MEASURE_PREFIXES) or measure in MEASURE_PREFIXES:
             problems.append(
-                f"statistics.factors[{index}]: {factor!r} is not a grid path or `variant`; "
-                f"allowed: {listed}"
+                f"statistics.measures[{index}]: {measure!r} is not a trial measure; name a "
+                "column of the exported trials table, such as training.test_loss"
             )
+    allowed = analysis_factors(protocol)
+    for index, factor in enumerate(statistics.factors or []):
+        if factor not in allowed:
+            problems.append(
+                f"statistics.factors[{index}]: {factor!r} is not a grid path, `variant`, "
+                f"`estimator` or `ground_truth`; allowed: {', '.join(allowed)}"
+            )
+    for index, pair in enumerate(statistics.two_way or []):
+        for position, factor in enumerate(pair):
+            if factor not in allowed:
+                problems.append(
+                    f"statistics.two_way[{index}][{position}]: {factor!r} is not a grid path, "
+                    f"`variant`, `estimator` or `ground_truth`; allowed: {', '.join(allowed)}"
+                )
+        if pair[0] == pair[1]:
+            problems.append(f"statistics.two_way[{index}]: names {pair[0]!r} twice; a two-way "
+                            "ANOVA needs two different factors")
+    scorer = statistics.trial_plots.scorer
+    if scorer is not None and scorer not in labels:
+        problems.append(
+            f"statistics.trial_plots.scorer: {scorer!r} is not a scorer label of this protocol; "
+            f"allowed: {', '.join(labels)}"
+        )
     return problems
+
+
+MEASURE_PREFIXES = ("training.", "time.")
+"""Column prefixes of the per-trial measures that ``statistics.measures`` may name."""
+
+
+def analysis_factors(protocol: Protocol) -> list[str]:
+    """Return every name ``statistics.factors`` and ``statistics.two_way`` may use."""
+    names = list(protocol.grid) + ([VARIANT_FACTOR] if protocol.variants else [])
+    return [*names, "estimator", "ground_truth"]
 
 
 # ---------------------------------------------------------- pydantic error messages

@@ -124,10 +124,9 @@ def _train(resolved: ResolvedCondition, split, seeds, dtype):  # type: ignore[no
     y_test = torch.as_tensor(split.y_test, dtype=torch.long)
     decay = torch.full((len(seeds),), training.weight_decay, dtype=dtype)
 
-    def data_term(current):  # type: ignore[no-untyped-def]
-        return model.loss(model_params, model.forward(model_params, current, x_train),
-                          y_train).mean(dim=1)
-
+    n = len(split.y_train)
+    sample_weights = torch.full((len(seeds), n), 1.0 / n, dtype=dtype)
+    data_term = model.objective(model_params, x_train, y_train, sample_weights)
     plateau = training.plateau
     settings = FitSettings(
         epochs=training.epochs, lr=training.lr, weight_decay=decay, betas=training.betas,

@@ -15,6 +15,7 @@ import yaml
 from click.testing import CliRunner, Result
 
 from ifval.cli import cli
+from ifval.plugins import default_catalog
 
 BASE: dict[str, Any] = {
     "name": "tiny",
@@ -82,8 +83,9 @@ MALFORMED = [
         id="unknown-estimator",
     ),
     pytest.param(
-        changed("scorers", value=["spearman", "kendall"]),
-        "scorers[1].name: unknown scorer 'kendall'; known scorers: pearson, spearman",
+        changed("scorers", value=["spearman", "brier"]),
+        "scorers[1].name: unknown scorer 'brier'; known scorers: "
+        + ", ".join(default_catalog().registries["scorer"].names()),
         id="unknown-scorer",
     ),
     pytest.param(

@@ -32,7 +32,9 @@ def torch_reference(weights, x, y, steps, lr, decay, plateau=None):
         if scheduler is not None:
             scheduler.step(loss.item())
     final_lr = optimizer.param_groups[0]["lr"]
-    return {"layers.0.weight": layers[0].weight.detach().T, "out.weight": layers[1].weight.detach().T}, final_lr
+    trained = {"layers.0.weight": layers[0].weight.detach().T,
+               "out.weight": layers[1].weight.detach().T}
+    return trained, final_lr
 
 
 def stacked_models(seeds, width=6):
@@ -41,11 +43,10 @@ def stacked_models(seeds, width=6):
     return model, params, {k: torch.stack([w[k] for w in initial]) for k in initial[0]}
 
 
-def data_term(model, params, x, y):
-    def loss(weights):
-        return model.loss(params, model.forward(params, weights, x), y).mean(dim=1)
-
-    return loss
+def data_term(model, params, x, y, size):
+    """The mean cross-entropy of ``size`` stacked models, with the mlp's own gradients."""
+    return model.objective(params, x, y, torch.full((size, len(y)), 1 / len(y),
+                                                    dtype=torch.float64))
 
 
 # Tolerance: both sides run float64 arithmetic in a different summation order
@@ -63,7 +64,7 @@ def test_batched_training_matches_torch_adam(iris_split):
     model, params, weights = stacked_models(seeds)
     settings = FitSettings(epochs=500, lr=0.01, weight_decay=torch.full((3,), 0.005))
 
-    result = fit(weights, data_term(model, params, x, y), settings)
+    result = fit(weights, data_term(model, params, x, y, 3), settings)
     for b in range(3):
         alone = {k: v[b] for k, v in weights.items()}
         expected, _ = torch_reference(alone, x, y, 500, 0.01, 0.005)
@@ -79,7 +80,7 @@ def test_plateau_schedule_matches_torch(iris_split):
     settings = FitSettings(epochs=400, lr=0.05, weight_decay=torch.zeros(1),
                            plateau_factor=0.5, plateau_patience=2, plateau_threshold=0.02)
 
-    result = fit(weights, data_term(model, params, x, y), settings)
+    result = fit(weights, data_term(model, params, x, y, 1), settings)
     alone = {k: v[0] for k, v in weights.items()}
     expected, expected_lr = torch_reference(alone, x, y, 400, 0.05, 0.0, plateau=(0.5, 2, 0.02))
     assert result.lr_reductions[0] > 0
@@ -94,16 +95,15 @@ def test_mixed_weight_decay_stays_per_model(iris_split):
     x = torch.tensor(iris_split.x_train)
     y = torch.tensor(iris_split.y_train)
     model, params, weights = stacked_models([1, 1])
-    loss = data_term(model, params, x, y)
+    loss = data_term(model, params, x, y, 2)
     decays = torch.tensor([0.0, 0.05], dtype=torch.float64)
     rates = torch.tensor([0.01, 0.002], dtype=torch.float64)
 
     mixed = [w.clone() for w in weights.values()]
     optimizer = BatchedAdam(mixed, rates, decays)
     for _ in range(200):
-        grads = torch.autograd.grad(loss(dict(zip(weights, [p.requires_grad_() for p in mixed],
-                                                      strict=True))).sum(), mixed)
-        optimizer.step(list(grads))
+        _, grads = loss(dict(zip(weights, mixed, strict=True)), False)
+        optimizer.step([grads[name] for name in weights])
     for b in range(2):
         alone = {k: v[b] for k, v in weights.items()}
         expected, _ = torch_reference(alone, x, y, 200, float(rates[b]), float(decays[b]))
@@ -119,11 +119,11 @@ def test_batch_composition_leaves_results_unchanged(iris_split):
     y = torch.tensor(iris_split.y_train)
     model, params, weights = stacked_models([21, 22, 23])
     settings = FitSettings(epochs=300, lr=0.01, weight_decay=torch.zeros(3))
-    together = fit(weights, data_term(model, params, x, y), settings)
+    together = fit(weights, data_term(model, params, x, y, 3), settings)
 
     _, _, alone_weights = stacked_models([22])
     settings_alone = FitSettings(epochs=300, lr=0.01, weight_decay=torch.zeros(1))
-    alone = fit(alone_weights, data_term(model, params, x, y), settings_alone)
+    alone = fit(alone_weights, data_term(model, params, x, y, 1), settings_alone)
     for name in weights:
         torch.testing.assert_close(together.weights[name][1], alone.weights[name][0],
                                    rtol=TOLERANCE, atol=TOLERANCE)

@@ -6,13 +6,19 @@ All B × k retrains of a batch are stepped together as one stack of models.
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 import ifval
-from ifval.kinds import GroundTruth, Normalisation, TrainedBatch, TruthResult
+from ifval.kinds import GroundTruth, Model, Normalisation, TrainedBatch, TruthResult
+from ifval.settings import Plateau
+
+if TYPE_CHECKING:
+    import torch
+
+    from ifval.training.fit import FitResult
 
 logger = logging.getLogger(__name__)
 
@@ -26,20 +32,25 @@ class RetrainParams(BaseModel):
     layers: Literal["last", "all"] = Field(
         "last", description="Fine-tune the last layer only (features fixed) or every layer."
     )
-    epochs: int = Field(7500, ge=1, description="Full-batch Adam steps of each retrain.")
+    epochs: int = Field(7500, ge=1, strict=True,
+                        description="Full-batch Adam steps of each retrain.")
     lr: float = Field(1e-3, gt=0, description="Learning rate of the fresh Adam optimizer.")
     normalisation: Normalisation = Field(
         "original_n",
         description="`original_n`: data term (1/n) Σ_{j≠i} ℓ_j (Koh & Liang's ε = −1/n); "
         "`remaining`: mean over the n − 1 remaining points.",
     )
+    plateau: Plateau | None = Field(
+        None, description="ReduceLROnPlateau on each retrain's objective; null keeps lr fixed."
+    )
 
 
 class RetrainFromOptimum(GroundTruth):
     """ℓ(z_test, θ̂_{-i}) − ℓ(z_test, θ̂), with θ̂_{-i} reached by fine-tuning from θ̂.
 
-    Each retrain uses a fresh Adam optimizer (no plateau schedule) on the
-    training objective without point i, weight decay included. Diagnostics per
+    Each retrain uses a fresh Adam optimizer (and, when set, a plateau
+    schedule of its own) on the training objective without point i, weight
+    decay included. Diagnostics per
     retrain: the final gradient norm of that objective, its change over the
     last tenth of the epochs, the distance travelled from θ̂ and the test-loss
     trajectory.
@@ -56,103 +67,203 @@ class RetrainFromOptimum(GroundTruth):
                 points: np.ndarray) -> TruthResult:
         import torch
 
-        from ifval.training.fit import FitSettings, fit
-
-        model, model_params = batch.model, batch.model_params
         size, k = points.shape
         n = batch.n_train
-        dtype = batch.weights[next(iter(batch.weights))].dtype
-
+        dtype = next(iter(batch.weights.values())).dtype
         keep = torch.ones(size, k, n, dtype=dtype)
-        rows = torch.as_tensor(points, dtype=torch.long)
-        keep.scatter_(2, rows[..., None], 0.0)
-        denominator = float(n if params.normalisation == "original_n" else n - 1)
-        keep = keep.reshape(size * k, n) / denominator
+        keep.scatter_(2, torch.as_tensor(points, dtype=torch.long)[..., None], 0.0)
+        keep /= float(n if params.normalisation == "original_n" else n - 1)
 
-        weight_name, bias_name = model.last_layer_names(model_params)
-        if params.layers == "last":
-            trainable = [weight_name, bias_name]
-            with torch.no_grad():
-                feats_train = model.features(model_params, batch.weights, batch.x_train)
-                feats_test = model.features(model_params, batch.weights, batch.x_test)
-
-            def outputs(weights, on_test: bool):  # type: ignore[no-untyped-def]
-                # The k retrains of model b share its features, so their heads are
-                # laid side by side: one (n, h) @ (h, k·C) product per model.
-                feats = feats_test if on_test else feats_train
-                weight = weights[weight_name]
-                hidden, classes = weight.shape[1:]
-                side_by_side = weight.reshape(size, k, hidden, classes).permute(0, 2, 1, 3)
-                logits = feats @ side_by_side.reshape(size, hidden, k * classes)
-                logits = logits.reshape(size, -1, k, classes)
-                logits = logits + weights[bias_name].reshape(size, 1, k, classes)
-                return logits.permute(0, 2, 1, 3).reshape(size * k, -1, classes)
-        else:
-            trainable = list(batch.weights)
-
-            def outputs(weights, on_test: bool):  # type: ignore[no-untyped-def]
-                x = batch.x_test if on_test else batch.x_train
-                return model.forward(model_params, {**weights}, x)
-
-        start = {name: batch.weights[name].repeat_interleave(k, dim=0) for name in trainable}
-
-        def data_term(weights):  # type: ignore[no-untyped-def]
-            losses = model.loss(model_params, outputs(weights, False), batch.y_train)
-            return (losses * keep).sum(dim=1)
-
-        def test_loss(weights):  # type: ignore[no-untyped-def]
-            return model.loss(model_params, outputs(weights, True), batch.y_test).mean(dim=1)
-
-        settings = FitSettings(
-            epochs=params.epochs,
-            lr=params.lr,
-            weight_decay=batch.weight_decay.repeat_interleave(k),
-            records=TRAJECTORY_POINTS,
-        )
-        result = fit(start, data_term, settings, probe=test_loss)
-
+        retrain = _LastLayerRetrain if params.layers == "last" else _AllLayerRetrain
+        run = retrain(batch, keep)
+        result = run.fit(params)
         with torch.no_grad():
-            base = test_loss(start)
-            final = test_loss(result.weights)
-        values = (final - base).reshape(size, k).numpy()
-        diagnostics = self._diagnostics(result, start, data_term, settings, size, k)
-        return TruthResult(values, diagnostics)
+            base = batch.model.loss(batch.model_params,
+                                    batch.model.forward(batch.model_params, batch.weights,
+                                                        batch.x_test),
+                                    batch.y_test).mean(dim=1)
+        final = result.history_probe[-1].reshape(size, k)
+        values = (final - base[:, None]).numpy()
+        return TruthResult(values, run.diagnostics(result))
 
-    @staticmethod
-    def _diagnostics(result, start, data_term, settings, size: int, k: int):  # type: ignore[no-untyped-def]
+
+class _Retrain:
+    """Retrains stacked ``B·k`` deep, retrain ``b·k + j`` removing ``points[b, j]`` from model b."""
+
+    start: dict[str, torch.Tensor]
+
+    def __init__(self, batch: TrainedBatch, keep: torch.Tensor) -> None:
+        self.batch = batch
+        self.size, self.k, _ = keep.shape
+        self.keep = keep
+        self.decay = batch.weight_decay.repeat_interleave(self.k)
+
+    def objective(self):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+    def test_loss(self, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fit(self, params: RetrainParams) -> FitResult:
+        from ifval.training.fit import FitSettings, fit
+
+        plateau = params.plateau
+        settings = FitSettings(
+            epochs=params.epochs, lr=params.lr, weight_decay=self.decay,
+            records=TRAJECTORY_POINTS,
+            plateau_factor=plateau.factor if plateau else None,
+            plateau_patience=plateau.patience if plateau else 0,
+            plateau_threshold=plateau.threshold if plateau else 0.0,
+            plateau_min_lr=plateau.min_lr if plateau else 0.0,
+        )
+        return fit(self.start, self.objective(), settings, probe=self.test_loss)
+
+    def diagnostics(self, result: FitResult) -> list[list[dict]]:
         import torch
 
-        weights = {name: w.clone().requires_grad_(True) for name, w in result.weights.items()}
-        objective = data_term(weights)
-        decay = settings.weight_decay.to(objective.dtype)
-        for w in weights.values():
-            penalty = 0.5 * decay.reshape(-1, *([1] * (w.dim() - 1))) * w.pow(2)
-            objective = objective + penalty.flatten(1).sum(dim=1)
-        grads = torch.autograd.grad(objective.sum(), list(weights.values()))
-        grad_norm = torch.sqrt(sum(g.flatten(1).pow(2).sum(dim=1) for g in grads))
-        distance = torch.sqrt(sum(
-            (result.weights[name] - start[name]).flatten(1).pow(2).sum(dim=1) for name in start
-        ))
-        window = result.loss_window_start
-        change = (result.final_loss - window) if window is not None else torch.zeros_like(grad_norm)
-        trajectory = torch.stack(result.history_probe, dim=1) if result.history_probe else None
+        _, grads = self.objective()(result.weights, False)
+        squared = torch.zeros_like(self.decay)
+        moved = torch.zeros_like(self.decay)
+        for name, weight in result.weights.items():
+            decay = self.decay.to(weight.dtype).reshape(-1, *([1] * (weight.dim() - 1)))
+            squared = squared + (grads[name] + decay * weight).flatten(1).pow(2).sum(dim=1)
+            moved = moved + (weight - self.start[name]).flatten(1).pow(2).sum(dim=1)
+        return _diagnostics_table(result, torch.sqrt(squared), torch.sqrt(moved), self.size,
+                                  self.k)
 
-        out: list[list[dict]] = []
-        for b in range(size):
-            row = []
-            for j in range(k):
-                r = b * k + j
-                row.append({
-                    "grad_norm": float(grad_norm[r]),
-                    "loss_change_last_tenth": float(change[r]),
-                    "distance_from_optimum": float(distance[r]),
-                    "trajectory_epochs": list(result.history_epochs),
-                    "trajectory_test_loss": (
-                        trajectory[r].tolist() if trajectory is not None else []
-                    ),
-                })
-            out.append(row)
-        return out
+
+class _LastLayerRetrain(_Retrain):
+    """Head-only retrains on fixed features.
+
+    The k retrains of model b share its features, so each step computes all
+    their logits with one ``(C·k, h) @ (h, n)`` product per model, class-major:
+    the softmax over the C classes is then elementwise work on C contiguous
+    ``(k, n)`` slices, which is several times faster than torch's softmax over
+    a last dimension of size 3.
+    """
+
+    def __init__(self, batch: TrainedBatch, keep: torch.Tensor) -> None:
+        import torch
+
+        super().__init__(batch, keep)
+        model, params = batch.model, batch.model_params
+        weight_name, bias_name = model.last_layer_names(params)
+        self.hidden, self.classes = batch.weights[weight_name].shape[1:]
+        with torch.no_grad():
+            self.feats_train = model.features(params, batch.weights, batch.x_train)
+            self.feats_test = model.features(params, batch.weights, batch.x_test)
+        self.start = {
+            "weight": batch.weights[weight_name].repeat_interleave(self.k, dim=0),
+            "bias": batch.weights[bias_name].repeat_interleave(self.k, dim=0),
+        }
+
+    def _class_major(self, weights: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B·k, h, C)`` and ``(B·k, C)`` → ``(B, C·k, h)`` and ``(B, C·k, 1)``."""
+        size, k, hidden, classes = self.size, self.k, self.hidden, self.classes
+        weight = weights["weight"].reshape(size, k, hidden, classes).permute(0, 3, 1, 2)
+        bias = weights["bias"].reshape(size, k, classes).permute(0, 2, 1)
+        return weight.reshape(size, classes * k, hidden), bias.reshape(size, classes * k, 1)
+
+    def _logits(self, weights: dict[str, torch.Tensor], on_test: bool) -> torch.Tensor:
+        """Logits of shape ``(B, C, k, n)``."""
+        import torch
+
+        feats = self.feats_test if on_test else self.feats_train
+        weight, bias = self._class_major(weights)
+        logits = torch.baddbmm(bias, weight, feats.transpose(1, 2))
+        return logits.reshape(self.size, self.classes, self.k, -1)
+
+    def _losses(self, weights: dict[str, torch.Tensor], on_test: bool) -> torch.Tensor:
+        """Per-sample losses of shape ``(B·k, n)``."""
+        batch = self.batch
+        logits = self._logits(weights, on_test).permute(0, 2, 3, 1)
+        flat = logits.reshape(self.size * self.k, -1, self.classes)
+        labels = batch.y_test if on_test else batch.y_train
+        return batch.model.loss(batch.model_params, flat, labels)
+
+    def test_loss(self, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._losses(weights, True).mean(dim=1)
+
+    def objective(self):  # type: ignore[no-untyped-def]
+        import torch
+
+        from ifval.training.fit import autograd_value_and_grad
+
+        sample_weights = self.keep.reshape(self.size * self.k, -1)
+        if type(self.batch.model).loss is not Model.loss:
+            return autograd_value_and_grad(
+                lambda weights: (self._losses(weights, False) * sample_weights).sum(dim=1))
+
+        size, k, hidden, classes = self.size, self.k, self.hidden, self.classes
+        one_hot = torch.nn.functional.one_hot(self.batch.y_train, classes).to(self.keep.dtype)
+        keep = self.keep[:, None]
+        # ∂/∂logits of Σ_i a_i ℓ_i is a_i (softmax − one-hot); −a_i · one-hot is fixed.
+        kept_classes = (keep * one_hot.T[None, :, None, :]).contiguous()
+        negative_kept_classes = -kept_classes
+
+        def value_and_grad(weights, need_value):  # type: ignore[no-untyped-def]
+            logits = self._logits(weights, False)
+            largest = logits.amax(dim=1, keepdim=True)
+            exponentials = torch.exp(logits - largest)
+            total = exponentials.sum(dim=1, keepdim=True)
+            upstream = torch.addcmul(negative_kept_classes, exponentials, keep / total)
+            values = None
+            if need_value:
+                log_probs = logits - largest - torch.log(total)
+                values = -(log_probs * kept_classes).sum(dim=(1, 3)).reshape(-1)
+            flat = upstream.reshape(size, classes * k, -1)
+            grad_weight = (flat @ self.feats_train).reshape(size, classes, k, hidden)
+            grads = {
+                "weight": grad_weight.permute(0, 2, 3, 1).reshape(size * k, hidden, classes),
+                "bias": flat.sum(dim=2).reshape(size, classes, k).transpose(1, 2)
+                .reshape(size * k, classes),
+            }
+            return values, grads
+
+        return value_and_grad
+
+
+class _AllLayerRetrain(_Retrain):
+    """Every retrain is a full copy of its model."""
+
+    def __init__(self, batch: TrainedBatch, keep: torch.Tensor) -> None:
+        super().__init__(batch, keep)
+        self.start = {name: w.repeat_interleave(self.k, dim=0) for name, w in batch.weights.items()}
+
+    def test_loss(self, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = self.batch
+        output = batch.model.forward(batch.model_params, weights, batch.x_test)
+        return batch.model.loss(batch.model_params, output, batch.y_test).mean(dim=1)
+
+    def objective(self):  # type: ignore[no-untyped-def]
+        batch = self.batch
+        sample_weights = self.keep.reshape(self.size * self.k, -1)
+        return batch.model.objective(batch.model_params, batch.x_train, batch.y_train,
+                                     sample_weights)
+
+
+def _diagnostics_table(result: FitResult, grad_norm: torch.Tensor, distance: torch.Tensor,
+                       size: int, k: int) -> list[list[dict]]:
+    import torch
+
+    final = result.final_loss.reshape(-1)
+    window = result.loss_window_start
+    change = final - window.reshape(-1) if window is not None else torch.zeros_like(final)
+    trajectory = torch.stack([p.reshape(-1) for p in result.history_probe], dim=1)
+    table = []
+    for b in range(size):
+        row = []
+        for j in range(k):
+            r = b * k + j
+            row.append({
+                "grad_norm": float(grad_norm[r]),
+                "loss_change_last_tenth": float(change[r]),
+                "distance_from_optimum": float(distance[r]),
+                "trajectory_epochs": list(result.history_epochs),
+                "trajectory_test_loss": trajectory[r].tolist(),
+            })
+        table.append(row)
+    return table
 
 
 @ifval.hookimpl

@@ -15,6 +15,28 @@ logger = logging.getLogger(__name__)
 LossFunction = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 """Maps stacked parameters to the data term of each model's objective, shape ``(B,)``."""
 
+ValueAndGrad = Callable[[dict[str, torch.Tensor], bool],
+                        tuple[torch.Tensor | None, dict[str, torch.Tensor]]]
+"""Maps stacked parameters and whether the value is needed to ``(values or None, gradients)``.
+
+Values have shape ``(B,)``; gradients are those of ``values.sum()``, so each
+model gets the gradient of its own objective. Weight decay is not included:
+the optimizer adds it.
+"""
+
+
+def autograd_value_and_grad(loss_function: LossFunction) -> ValueAndGrad:
+    """Differentiate ``loss_function`` with autograd."""
+
+    def value_and_grad(weights: dict[str, torch.Tensor], need_value: bool):  # type: ignore[no-untyped-def]
+        leaves = {name: w.detach().requires_grad_(True) for name, w in weights.items()}
+        with torch.enable_grad():
+            values = loss_function(leaves)
+            grads = torch.autograd.grad(values.sum(), list(leaves.values()))
+        return values.detach(), dict(zip(leaves, grads, strict=True))
+
+    return value_and_grad
+
 
 @dataclass
 class FitSettings:
@@ -60,19 +82,23 @@ def record_epochs(epochs: int, records: int) -> set[int]:
 
 def fit(
     weights: dict[str, torch.Tensor],
-    loss_function: LossFunction,
+    value_and_grad: ValueAndGrad,
     settings: FitSettings,
     probe: LossFunction | None = None,
     on_epoch: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Train stacked models with full-batch Adam and an optional plateau scheduler.
 
-    ``weights`` are copied; the originals are left unchanged. ``probe``
-    (for example the test loss) is recorded beside the loss in the history.
-    Epoch ``e`` of the history is the state after ``e`` optimizer steps.
+    ``value_and_grad`` gives the data term and its gradient (see
+    :func:`autograd_value_and_grad` to build one from a loss function).
+    ``weights`` are copied; the originals are left unchanged. Values may carry
+    extra dimensions after the model dimension when no plateau scheduler is
+    used. ``probe`` (for example the test loss) is recorded
+    beside the loss in the history. Epoch ``e`` of the history is the state
+    after ``e`` optimizer steps.
     """
     names = list(weights)
-    params = [weights[name].detach().clone().requires_grad_(True) for name in names]
+    params = [weights[name].detach().clone() for name in names]
     size = params[0].shape[0]
     dtype = params[0].dtype
     lr = torch.full((size,), settings.lr, dtype=dtype)
@@ -91,20 +117,19 @@ def fit(
         return dict(zip(names, params, strict=True))
 
     for epoch in range(settings.epochs):
-        losses = loss_function(as_dict())
-        grads = torch.autograd.grad(losses.sum(), params)
-        detached = losses.detach()
-        _remember(result, epoch, kept, window_epoch, detached, probe, as_dict)
-        optimizer.step(list(grads))
+        need_value = scheduler is not None or epoch in kept or epoch == window_epoch
+        values, grads = value_and_grad(as_dict(), need_value)
+        if need_value:
+            _remember(result, epoch, kept, window_epoch, values, probe, as_dict)
+        optimizer.step([grads[name] for name in names])
         if scheduler is not None:
-            scheduler.step(detached)
+            scheduler.step(values)
         if on_epoch is not None:
             on_epoch(epoch)
 
-    with torch.no_grad():
-        final = loss_function(as_dict()).detach()
+    final, _ = value_and_grad(as_dict(), True)
     _remember(result, settings.epochs, kept, window_epoch, final, probe, as_dict)
-    result.weights = {name: p.detach() for name, p in zip(names, params, strict=True)}
+    result.weights = dict(zip(names, params, strict=True))
     result.final_loss = final
     result.final_lr = optimizer.lr
     if scheduler is not None:

@@ -1,0 +1,124 @@
+"""Intervals of a cell mean (t or bootstrap) and the per-cell summary table."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+INTERVAL_METHODS = ("t", "bootstrap")
+"""Interval kinds a cell summary offers: Student-t (default) or bootstrap BCa."""
+
+
+def t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean; NaN bounds for fewer than two values."""
+    values = np.asarray(values, dtype=float)
+    if values.size < 2:
+        return float("nan"), float("nan")
+    mean = values.mean()
+    half = scipy_stats.t.ppf(0.5 + confidence / 2, values.size - 1) * values.std(ddof=1)
+    half /= np.sqrt(values.size)
+    return float(mean - half), float(mean + half)
+
+
+def bootstrap_interval(values: np.ndarray, confidence: float = 0.95, resamples: int = 9999,
+                       rng: np.random.Generator | None = None) -> tuple[float, float, str]:
+    """Bootstrap interval of the mean with scipy, and the method that produced it.
+
+    The method is BCa. When BCa is undefined (scipy returns NaN, for
+    example when nearly every resample has the same mean) the percentile
+    interval is returned instead, and the method string says so. Fewer than
+    two values give NaN bounds; constant values give the value as both bounds.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.size < 2:
+        return float("nan"), float("nan"), "bootstrap"
+    if np.ptp(values) == 0:
+        return float(values[0]), float(values[0]), "bootstrap (constant values)"
+    rng = rng if rng is not None else np.random.default_rng(0)
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", scipy_stats.DegenerateDataWarning)
+            result = scipy_stats.bootstrap((values,), np.mean, confidence_level=confidence,
+                                           n_resamples=resamples, method=method,
+                                           **_rng_argument(rng))
+        low, high = result.confidence_interval
+        if np.isfinite(low) and np.isfinite(high):
+            return float(low), float(high), f"bootstrap {method}"
+    return float("nan"), float("nan"), "bootstrap"
+
+
+def _rng_argument(rng: np.random.Generator) -> dict[str, Any]:
+    """Pass the generator under the name this scipy takes: ``rng`` from 1.15, before that
+    ``random_state``."""
+    if "rng" in inspect.signature(scipy_stats.bootstrap).parameters:
+        return {"rng": rng}
+    return {"random_state": rng}
+
+
+def iter_groups(frame: pd.DataFrame,
+                columns: list[str]) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
+    """Yield each level combination of ``columns`` as a dict, with its rows, in order of
+    first appearance; no columns yield the whole frame once."""
+    if not columns:
+        yield {}, frame
+        return
+    for levels, group in frame.groupby(columns, sort=False, dropna=False):
+        levels = levels if isinstance(levels, tuple) else (levels,)
+        yield dict(zip(columns, levels, strict=True)), group
+
+
+def cell_summary(scores: pd.DataFrame, factors: list[str], confidence: float = 0.95, *,
+                 keys: list[str] | None = None, value: str = "value", interval: str = "t",
+                 resamples: int = 9999, seed: int = 0) -> pd.DataFrame:
+    """Mean, interval, standard deviation, n and NaN count of each cell.
+
+    A cell is one combination of factor levels and ``keys`` (by default the
+    estimator, ground truth and scorer columns the frame has). NaN values are
+    left out of the statistics and counted in ``n_nan``. ``interval`` is
+    ``"t"`` or ``"bootstrap"``; the bootstrap draws from one generator seeded
+    with ``seed``, cell after cell, so a summary is reproducible.
+    """
+    if interval not in INTERVAL_METHODS:
+        raise ValueError(f"interval must be one of {INTERVAL_METHODS}, got {interval!r}")
+    columns = factors + present_keys(scores, keys, factors)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for levels, group in iter_groups(scores, columns):
+        values = group[value].to_numpy(dtype=float)
+        finite = values[np.isfinite(values)]
+        if interval == "t":
+            low, high = t_interval(finite, confidence)
+            method = "t"
+        else:
+            low, high, method = bootstrap_interval(finite, confidence, resamples, rng)
+        rows.append({
+            **levels,
+            "mean": float(finite.mean()) if finite.size else float("nan"),
+            "ci_low": low,
+            "ci_high": high,
+            "sd": float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),
+            "n": int(finite.size),
+            "n_nan": int(values.size - finite.size),
+            "interval": method,
+        })
+    return pd.DataFrame(rows)
+
+
+RESULT_KEYS = ["estimator", "ground_truth", "scorer"]
+"""Columns that identify which comparison a stored score belongs to."""
+
+
+def present_keys(frame: pd.DataFrame, keys: list[str] | None,
+                 exclude: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Return the key columns that ``frame`` has and that are not in ``exclude``.
+
+    ``None`` stands for :data:`RESULT_KEYS`.
+    """
+    keys = RESULT_KEYS if keys is None else keys
+    return [key for key in keys if key in frame.columns and key not in exclude]
