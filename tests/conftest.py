@@ -55,7 +55,7 @@ test_loss_numpy.__test__ = False
 
 
 def linear_batch(split, flat, decay) -> TrainedBatch:
-    """A depth-0 ``mlp`` (multinomial logistic regression) at parameters ``flat``, as a batch of 1."""
+    """Wrap a depth-0 ``mlp`` (multinomial logistic regression) at ``flat`` as a batch of 1."""
     d, c = split.n_features, split.n_classes
     weights = {
         "out.weight": torch.tensor(flat[: d * c].reshape(1, d, c)),

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import linear_batch, solve_logistic, test_loss_numpy
+
 from ifval.errors import NumericalError
 from ifval.estimators.exact import Exact, ExactParams
 
