@@ -48,7 +48,8 @@ def main() -> None:
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"protocol {protocol.name}: {len(conditions)} conditions, {protocol.repetitions} "
           f"repetitions in batches of {batch}; measured at epochs / {args.scale}")
-    print(f"{'condition':45s} {'train s':>9s} {'truth s':>9s} {'estim s':>9s} {'full-scale s':>13s}")
+    header = ["train s", "truth s", "estim s", "full-scale s"]
+    print(f"{'condition':45s} " + " ".join(f"{h:>12s}" for h in header))
     total = 0.0
     for condition in conditions:
         task = BatchTask(condition.id, scaled_config(condition.config, args.scale),
@@ -56,12 +57,14 @@ def main() -> None:
         started = time.perf_counter()
         timings = run_batch(task)[0]["timings"]
         elapsed = time.perf_counter() - started
-        other = elapsed - timings["training_s"] - timings["ground_truths_s"] - timings["estimators_s"]
+        phases = timings["training_s"] + timings["ground_truths_s"] + timings["estimators_s"]
+        other = elapsed - phases
         full = (args.scale * (timings["training_s"] + timings["ground_truths_s"])
                 + timings["estimators_s"] + other) * batches_per_condition
         total += full
-        print(f"{condition.label:45s} {timings['training_s']:9.2f} {timings['ground_truths_s']:9.2f} "
-              f"{timings['estimators_s']:9.2f} {full:13.0f}")
+        measured = [timings["training_s"], timings["ground_truths_s"], timings["estimators_s"]]
+        print(f"{condition.label:45s} " + " ".join(f"{v:12.2f}" for v in measured)
+              + f" {full:12.0f}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     trials = len(conditions) * protocol.repetitions
     print(f"projected full-scale wall time: {total / 60:.1f} min for {trials} trials "

@@ -81,6 +81,7 @@ class Dataset(PluginBase):
     kind = "dataset"
 
     def load(self, params: BaseModel) -> DataSplit:
+        """Load the data and return the standardised training/test split for ``params``."""
         raise NotImplementedError
 
 
@@ -174,6 +175,13 @@ class TrainedBatch:
     y_test: torch.Tensor
     weight_decay: torch.Tensor
     seeds: list[int]
+    progress: Callable[[str, int, int], None] | None = None
+    """Receives (stage, steps done, steps in the stage) from long stages; may be None."""
+
+    def report(self, stage: str, done: int, total: int) -> None:
+        """Pass progress of a long stage (for example a retrain's epochs) to the caller."""
+        if self.progress is not None:
+            self.progress(stage, done, total)
 
     @property
     def size(self) -> int:
@@ -257,6 +265,7 @@ class Scorer(PluginBase):
     """Whether the score is unchanged when the estimate is multiplied by a positive number."""
 
     def score(self, params: BaseModel, estimate: np.ndarray, truth: np.ndarray) -> Score:
+        """Score one trial's estimated against true changes, two vectors over the checked points."""
         raise NotImplementedError
 
 
@@ -267,6 +276,10 @@ class Executor(PluginBase):
     """Runs independent tasks and hands each result back to the calling process."""
 
     kind = "executor"
+
+    def runs_in_process(self, params: BaseModel) -> bool:
+        """Whether tasks run in the calling process, so callbacks may be passed to them."""
+        return False
 
     def run(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ifval.errors import IfvalError
@@ -17,6 +18,9 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 """Called with (trials stored, trials in the protocol) after each stored trial."""
+
+StageCallback = Callable[[str, str, int, int], None]
+"""Called with (batch key, stage, steps done, steps in the stage) while a batch runs."""
 
 
 @dataclass
@@ -47,6 +51,10 @@ def plan_batches(protocol: Protocol, conditions: list[Condition],
     return tasks
 
 
+def _run_reporting(task: BatchTask, report: StageCallback) -> list[dict]:
+    return run_batch(task, lambda stage, done, total: report(task.key, stage, done, total))
+
+
 def check_conditions(conditions: list[Condition]) -> None:
     """Load each condition's dataset and check what only the data can tell, before training."""
     sizes: dict[str, int] = {}
@@ -69,6 +77,7 @@ def run_protocol(
     protocol_text: str = "",
     output: str | Path | None = None,
     progress: ProgressCallback | None = None,
+    stage_progress: StageCallback | None = None,
 ) -> RunSummary:
     """Run every trial of ``protocol`` not yet in the run store, storing each as it finishes."""
     run_dir = Path(output) if output is not None else protocol.output_dir
@@ -105,5 +114,8 @@ def run_protocol(
                     progress(stored, total)
             logger.info("batch %s stored (%d of %d trials)", task.key, stored, total)
 
-        executor.run(executor_params, run_batch, tasks, on_result)
+        function: Callable[[BatchTask], list[dict]] = run_batch
+        if stage_progress is not None and executor.runs_in_process(executor_params):
+            function = partial(_run_reporting, report=stage_progress)
+        executor.run(executor_params, function, tasks, on_result)
     return RunSummary(run_dir, total, total - computed, computed)

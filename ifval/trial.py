@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,11 @@ def repetition_seed(base_seed: int, repetition: int) -> int:
     return int(np.random.SeedSequence([base_seed, repetition]).generate_state(1)[0])
 
 
-def run_batch(task: BatchTask) -> list[dict[str, Any]]:
+StageProgress = Callable[[str, int, int], None]
+"""Receives (stage, steps done, steps in the stage) while a batch runs."""
+
+
+def run_batch(task: BatchTask, progress: StageProgress | None = None) -> list[dict[str, Any]]:
     """Run every repetition of ``task`` and return one record per trial."""
     import torch
 
@@ -52,7 +57,7 @@ def run_batch(task: BatchTask) -> list[dict[str, Any]]:
     split = dataset.load(dataset_params)
     dtype = getattr(torch, resolved.training.dtype)
 
-    batch, fit_result = _train(resolved, split, task.seeds, dtype)
+    batch, fit_result = _train(resolved, split, task.seeds, dtype, progress)
     trained_at = time.perf_counter()
     train_losses = _per_sample_losses(batch)
     points = select_points(resolved.points, train_losses, task.seeds)
@@ -66,7 +71,9 @@ def run_batch(task: BatchTask) -> list[dict[str, Any]]:
     truths_at = time.perf_counter()
 
     estimates: dict[tuple[str, str], np.ndarray] = {}
-    for label, plugin, params in resolved.estimators:
+    for index, (label, plugin, params) in enumerate(resolved.estimators):
+        if progress is not None:
+            progress(f"estimator {label}", index, len(resolved.estimators))
         for normalisation in sorted(set(normalisations.values())):
             result = plugin.estimate(params, batch, points, normalisation)
             estimates[(label, normalisation)] = result.values
@@ -104,11 +111,11 @@ def select_points(settings: Points, train_losses: np.ndarray, seeds: tuple[int, 
     return np.stack(rows)
 
 
-def _train(resolved: ResolvedCondition, split, seeds, dtype):  # type: ignore[no-untyped-def]
+def _train(resolved: ResolvedCondition, split, seeds, dtype, progress):  # type: ignore[no-untyped-def]
     import torch
 
     from ifval.kinds import TrainedBatch
-    from ifval.training.fit import FitSettings, fit
+    from ifval.training.fit import FitSettings, epoch_reporter, fit
 
     model, model_params = resolved.model
     training: Training = resolved.training
@@ -136,9 +143,10 @@ def _train(resolved: ResolvedCondition, split, seeds, dtype):  # type: ignore[no
         plateau_threshold=plateau.threshold if plateau else 0.0,
         plateau_min_lr=plateau.min_lr if plateau else 0.0,
     )
-    result = fit(weights, data_term, settings)
+    result = fit(weights, data_term, settings,
+                 on_epoch=epoch_reporter(progress, "training", training.epochs))
     batch = TrainedBatch(model, model_params, result.weights, x_train, y_train, x_test, y_test,
-                         decay, list(seeds))
+                         decay, list(seeds), progress)
     return batch, result
 
 

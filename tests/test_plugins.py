@@ -6,6 +6,8 @@ points are fakes made here, so the tests depend only on ifval's built-ins.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import json
 import subprocess
 import sys
@@ -107,6 +109,17 @@ class FakeEntryPoint:
 def use_entry_points(monkeypatch: pytest.MonkeyPatch, *entry_points: FakeEntryPoint) -> None:
     """Make the plugin manager see only ``entry_points``, plus the built-in modules."""
     monkeypatch.setattr(ifval.plugins, "_entry_points", lambda: list(entry_points))
+
+
+@pytest.fixture(autouse=True)
+def only_ifval_entry_points(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Hide entry points of other installed distributions (the example plugin in CI)."""
+    installed = list(ifval.plugins._entry_points())
+    own = [ep for ep in installed if ep.dist is not None and ep.dist.name == "ifval"]
+    monkeypatch.setattr(ifval.plugins, "_entry_points", lambda: own)
+    ifval.plugins.default_catalog.cache_clear()
+    yield
+    ifval.plugins.default_catalog.cache_clear()
 
 
 # ------------------------------------------------------------------- registries

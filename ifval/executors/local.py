@@ -36,6 +36,9 @@ class Local(Executor):
     description = "Run batches here, or in a pool of worker processes on this machine."
     Params = LocalParams
 
+    def runs_in_process(self, params: LocalParams) -> bool:  # type: ignore[override]
+        return params.workers == 1
+
     def run(self, params: LocalParams, function: Callable[[Any], Any],  # type: ignore[override]
             tasks: Iterable[Any], on_result: Callable[[Any, Any], None]) -> None:
         tasks = list(tasks)

@@ -105,7 +105,7 @@ class _Retrain:
         raise NotImplementedError
 
     def fit(self, params: RetrainParams) -> FitResult:
-        from ifval.training.fit import FitSettings, fit
+        from ifval.training.fit import FitSettings, epoch_reporter, fit
 
         plateau = params.plateau
         settings = FitSettings(
@@ -116,7 +116,8 @@ class _Retrain:
             plateau_threshold=plateau.threshold if plateau else 0.0,
             plateau_min_lr=plateau.min_lr if plateau else 0.0,
         )
-        return fit(self.start, self.objective(), settings, probe=self.test_loss)
+        on_epoch = epoch_reporter(self.batch.progress, "retraining", params.epochs)
+        return fit(self.start, self.objective(), settings, probe=self.test_loss, on_epoch=on_epoch)
 
     def diagnostics(self, result: FitResult) -> list[list[dict]]:
         import torch

@@ -70,6 +70,25 @@ class FitResult:
     """Loss at 90% of the epochs, to report the change over the last tenth."""
 
 
+PROGRESS_UPDATES = 200
+"""How many times per fit an epoch callback made by :func:`epoch_reporter` fires."""
+
+
+def epoch_reporter(report: Callable[[str, int, int], None] | None, stage: str,
+                   epochs: int) -> Callable[[int], None] | None:
+    """Build an ``on_epoch`` callback passing (stage, epochs done, epochs) to ``report``."""
+    if report is None:
+        return None
+    every = max(1, epochs // PROGRESS_UPDATES)
+
+    def on_epoch(epoch: int) -> None:
+        done = epoch + 1
+        if done % every == 0 or done == epochs:
+            report(stage, done, epochs)
+
+    return on_epoch
+
+
 def record_epochs(epochs: int, records: int) -> set[int]:
     """Evenly spaced epochs to keep in the history, the first and the last included."""
     if records <= 1 or epochs <= 1:
