@@ -33,16 +33,19 @@ def activation_function(name: str):  # type: ignore[no-untyped-def]
     return {"selu": torch.selu, "tanh": torch.tanh, "relu": torch.relu}[name]
 
 
-def activation_slope(name: str, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
-    """Derivative of the activation at ``pre``, given ``post = f(pre)``."""
+def activation_backward(name: str, upstream: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+    """Chain ``upstream`` = ∂L/∂f(z) through the activation, given its output ``post`` = f(z).
+
+    Uses the fused ATen kernels autograd itself calls for these activations.
+    """
     import torch
 
+    aten = torch.ops.aten
     if name == "tanh":
-        return 1 - post * post
+        return aten.tanh_backward(upstream, post)
     if name == "relu":
-        return (pre > 0).to(pre.dtype)
-    # selu(z) = scale·α·(eᶻ − 1) for z ≤ 0, so its slope there is selu(z) + scale·α.
-    return torch.where(pre > 0, SELU_SCALE, post + SELU_SCALE * SELU_ALPHA)
+        return aten.threshold_backward(upstream, post, 0)
+    return aten.elu_backward(upstream, SELU_ALPHA, SELU_SCALE, 1.0, True, post)
 
 
 class MLP(Model):
@@ -100,10 +103,9 @@ class MLP(Model):
 
         def value_and_grad(weights, need_value):  # type: ignore[no-untyped-def]
             nonlocal classes
-            pre_activations, hidden = [], [inputs]
+            hidden = [inputs]
             for i in range(params.depth):
                 pre = affine(weights[f"layers.{i}.bias"], hidden[-1], weights[f"layers.{i}.weight"])
-                pre_activations.append(pre)
                 hidden.append(act(pre))
             logits = affine(weights["out.bias"], hidden[-1], weights["out.weight"])
             if classes is None:
@@ -122,8 +124,7 @@ class MLP(Model):
             weight_above = weights["out.weight"]
             for i in reversed(range(params.depth)):
                 upstream = upstream @ weight_above.transpose(1, 2)
-                upstream = upstream * activation_slope(params.activation, pre_activations[i],
-                                                       hidden[i + 1])
+                upstream = activation_backward(params.activation, upstream, hidden[i + 1])
                 grads[f"layers.{i}.weight"] = hidden[i].transpose(1, 2) @ upstream
                 grads[f"layers.{i}.bias"] = upstream.sum(dim=1)
                 weight_above = weights[f"layers.{i}.weight"]
