@@ -95,7 +95,7 @@ class Points(_Strict):
 
 
 class TrialPlots(_Strict):
-    """Which trials get a plot of estimated and true changes against rank."""
+    """Selection of the trials plotted with estimated and true changes against rank."""
 
     trials: list[str] = Field(
         default_factory=list,

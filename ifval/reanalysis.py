@@ -34,7 +34,7 @@ MEASURE = "measure"
 """Key column (and template field) that names the quantity a value measures."""
 
 VALUE = "value"
-"""Column of the long table that holds the values."""
+"""Column of the long table that contains the values."""
 
 DEFAULT_PATTERN = "{condition}.npy"
 """Template used when none is given: the file name without ``.npy`` is the condition."""
@@ -73,8 +73,8 @@ def read_results(path: str | Path, pattern: str | None = None, values: tuple[str
     path = Path(path)
     if path.is_dir():
         if values:
-            raise IfvalError(f"--value applies to a table; {path} is a folder of .npy files, "
-                             "whose values are the arrays")
+            raise IfvalError(f"--value applies to a table; {path} is a folder, where each .npy "
+                             "file contains the values")
         results = read_npy_folder(path, pattern or DEFAULT_PATTERN)
     elif path.is_file():
         if pattern is not None:
@@ -92,17 +92,19 @@ def read_results(path: str | Path, pattern: str | None = None, values: tuple[str
 
 
 def read_table(path: Path, values: tuple[str, ...], factors: tuple[str, ...]) -> Results:
-    """Read a CSV, TSV or Parquet table with one row per repetition into a long table."""
+    """Read a CSV, TSV or Parquet table with one row per repetition into a long table.
+
+    ``values`` name the value columns. The factors are ``factors`` or, when
+    none are given, every other column.
+    """
     frame = _load_table(path)
     columns = [str(column) for column in frame.columns]
     frame.columns = columns
     numeric = [c for c in columns if pd.api.types.is_numeric_dtype(frame[c])]
     if not values:
-        if not factors:
-            msg = (f"{path}: name the value column(s) with --value; numeric columns: "
-                   f"{', '.join(numeric) or 'none'}; all columns: {', '.join(columns)}")
-            raise IfvalError(msg)
-        values = tuple(c for c in numeric if c not in factors)
+        msg = (f"{path}: name the value column(s) with --value; numeric columns: "
+               f"{', '.join(numeric) or 'none'}; all columns: {', '.join(columns)}")
+        raise IfvalError(msg)
     for name in (*values, *factors):
         if name not in columns:
             raise IfvalError(f"{path}: no column {name!r}; columns: {', '.join(columns)}")
@@ -112,9 +114,13 @@ def read_table(path: Path, values: tuple[str, ...], factors: tuple[str, ...]) ->
                              f"(found dtype {frame[name].dtype}); numeric columns: "
                              f"{', '.join(numeric) or 'none'}")
     factor_names = list(factors) or [c for c in columns if c not in values]
-    if MEASURE in factor_names and len(values) > 1:
-        raise IfvalError(f"{path}: column {MEASURE!r} clashes with the column ifval adds to "
-                         "name the value columns; rename it")
+    for name in factor_names:
+        if name in values:
+            raise IfvalError(f"{path}: column {name!r} is given as both a value and a factor; "
+                             "drop one of the two options")
+        if name == VALUE or (name == MEASURE and len(values) > 1):
+            raise IfvalError(f"{path}: factor column {name!r} has the name of a column ifval "
+                             "adds; rename it in the table")
 
     long = frame[factor_names + list(values)].melt(id_vars=factor_names, value_vars=list(values),
                                                    var_name=MEASURE, value_name=VALUE)
@@ -147,8 +153,8 @@ def compile_pattern(template: str) -> tuple[re.Pattern[str], list[str]]:
     """Turn a file-name template into a regular expression and its field names.
 
     A field ``{name}`` matches one or more characters other than ``/``, as
-    few as the rest of the template allows; ``*`` matches any run of
-    characters other than ``/``. Everything else matches literally.
+    few as the rest of the template allows. ``*`` matches any run of
+    characters other than ``/``, and everything else matches literally.
     """
     names: list[str] = []
     parts = []
@@ -210,11 +216,11 @@ def read_npy_folder(folder: Path, pattern: str = DEFAULT_PATTERN) -> Results:
         array = _load_array(folder / relative)
         for repetition, value in enumerate(array):
             rows.append({**fields, "file": relative, "repetition": repetition, VALUE: value})
-    frame = pd.DataFrame(rows)
-    frame = frame.sort_values(names, kind="stable").reset_index(drop=True)
     factors = [name for name in names if name != MEASURE]
     keys = [MEASURE] if MEASURE in names else []
-    return Results(frame, factors, keys, "value", folder, list(levels), skipped)
+    frame = pd.DataFrame(rows).sort_values([*factors, *keys], kind="stable")
+    return Results(frame.reset_index(drop=True), factors, keys, "value", folder, list(levels),
+                   skipped)
 
 
 def _typed_levels(matched: dict[str, dict[str, str]],

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SCORERS = 6
+"""Scorers listed in protocols/iris_quick.yaml."""
 
 
 def ifval(*args: str) -> subprocess.CompletedProcess:
@@ -40,7 +42,7 @@ def test_quick_protocol_writes_report(quick_run):
                  "scores.svg"):
         assert (run_dir / "report" / name).is_file(), name
     cells = pd.read_csv(run_dir / "report" / "cells.csv")
-    assert len(cells) == 3 * 2 * 2
+    assert len(cells) == 3 * 2 * SCORERS
     assert (cells["n"] + cells["n_nan"]).eq(8).all()
 
 
@@ -68,7 +70,7 @@ def test_export_writes_tables(quick_run, fmt):
     scores = read(out / f"scores.{fmt}")
     points = read(out / f"points.{fmt}")
     trials = read(out / f"trials.{fmt}")
-    assert len(scores) == 48 * 2
+    assert len(scores) == 48 * SCORERS
     assert len(points) == 48 * 20
     assert len(trials) == 48
     assert {"model.width", "variant", "estimator", "ground_truth", "scorer", "value"} <= set(scores)

@@ -6,13 +6,12 @@ points are fakes made here, so the tests depend only on ifval's built-ins.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import json
 import subprocess
 import sys
 import textwrap
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,12 @@ BUILTINS = [
     ("model", "mlp"),
     ("estimator", "exact"),
     ("ground_truth", "retrain_from_optimum"),
+    ("scorer", "kendall"),
+    ("scorer", "magnitude_weighted"),
     ("scorer", "pearson"),
+    ("scorer", "sign_agreement"),
     ("scorer", "spearman"),
+    ("scorer", "topk_overlap"),
     ("executor", "local"),
 ]
 """(kind, name) of every plugin that ships with ifval."""
@@ -167,9 +170,11 @@ def test_unknown_name_suggests_closest() -> None:
         catalog.get("scorer", "spearmann")
 
     assert str(caught.value) == (
-        "unknown scorer 'spearmann'; known scorers: pearson, spearman. Did you mean 'spearman'?"
+        "unknown scorer 'spearmann'; known scorers: kendall, magnitude_weighted, pearson, "
+        "sign_agreement, spearman, topk_overlap. Did you mean 'spearman'?"
     )
-    assert caught.value.known == ["pearson", "spearman"]
+    assert caught.value.known == ["kendall", "magnitude_weighted", "pearson", "sign_agreement",
+                                  "spearman", "topk_overlap"]
 
 
 def test_unknown_name_without_close_match() -> None:
@@ -322,7 +327,7 @@ def test_disabled_argument_removes_plugin() -> None:
 
 
 def test_disable_env_removes_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(DISABLE_ENV, " correlation, exact ,")
+    monkeypatch.setenv(DISABLE_ENV, " correlation, topk, exact ,")
 
     catalog = Catalog(get_plugin_manager())
 
@@ -336,7 +341,7 @@ def test_disable_unknown_name_warns(caplog: pytest.LogCaptureFixture) -> None:
 
     assert caplog.messages == [
         "disabled plugin names match no plugin module: corelation; installed: correlation, "
-        "exact, iris, local, mlp, retrain_from_optimum"
+        "exact, iris, local, mlp, retrain_from_optimum, topk"
     ]
 
 

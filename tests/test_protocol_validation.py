@@ -271,8 +271,8 @@ MALFORMED = [
     ),
     pytest.param(
         changed("statistics", value={"factors": ["model.depth"]}),
-        "statistics.factors[0]: 'model.depth' is not a grid path or `variant`; allowed: "
-        "model.width, variant",
+        "statistics.factors[0]: 'model.depth' is not a grid path, `variant`, `estimator` or "
+        "`ground_truth`; allowed: model.width, variant, estimator, ground_truth",
         id="statistics-factor-unknown",
     ),
     pytest.param(

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from ifval.stats import Analysis
-from ifval.stats.intervals import iter_groups
+from ifval.stats.groups import iter_groups
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,10 @@ def format_number(value: Any, digits: int = 3) -> str:
 
 
 def format_interval(low: float, high: float) -> str:
+    """Write an interval as [low, high] with four significant digits, or ``—`` when undefined."""
     if math.isnan(low) or math.isnan(high):
         return "—"
-    return f"[{low:.3f}, {high:.3f}]"
+    return f"[{low:.4g}, {high:.4g}]"
 
 
 def _format_df(df: float) -> str:
@@ -54,41 +55,61 @@ def format_f(f: float, df_between: float, df_within: float) -> str:
 
 
 def display_tables(analysis: Analysis, name: str, noun: str = "score",
-                   dependent: str | None = "scorer") -> list[DisplayTable]:
+                   dependent: str | None = "scorer", label: str = "") -> list[DisplayTable]:
     """Return the tables of a report in print order.
 
-    ``noun`` names the analysed values in titles; ``dependent`` is the key
-    column whose levels the side-by-side table spreads into columns.
+    ``noun`` names the analysed values in the first title, ``label`` is
+    appended to the other titles, and ``dependent`` is the key column whose
+    levels the side-by-side table spreads into columns. A key column with one
+    level in every cell is left out of the tables and named in a note. An
+    analysis without cells gives no tables.
     """
-    tables = [_cells_table(analysis, name, noun)]
-    side = _side_by_side(analysis, dependent)
+    cells = analysis.cells
+    if cells.empty:
+        return []
+    constant = {key: cells[key].iloc[0] for key in analysis.keys
+                if cells[key].nunique() == 1 and key != dependent}
+    keys = [key for key in analysis.keys if key not in constant]
+    suffix = f": {label}" if label else ""
+
+    tables = [_cells_table(analysis, keys, name, noun, constant)]
+    side = _side_by_side(analysis, keys, dependent, suffix)
     if side is not None:
         tables.append(side)
     if not analysis.oneway.empty:
-        tables.append(_oneway_table(analysis))
+        tables.append(_oneway_table(analysis, keys, suffix))
     if not analysis.twoway.empty:
-        tables.append(_twoway_table(analysis))
-    posthoc = _posthoc_table(analysis)
+        tables.append(_twoway_table(analysis, keys, suffix))
+    posthoc = _posthoc_table(analysis, keys, suffix)
     if posthoc is not None:
         tables.append(posthoc)
     if analysis.nan_reasons:
-        tables.append(_nan_table(analysis))
+        tables.append(_nan_table(analysis, suffix))
     return tables
 
 
-def _identity(analysis: Analysis) -> list[str]:
-    return [*analysis.factors, *analysis.keys]
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
-def _cells_table(analysis: Analysis, name: str, noun: str) -> DisplayTable:
-    options = analysis.options
-    level = f"{options.confidence:.0%}"
-    method = " (bootstrap)" if options.interval == "bootstrap" else ""
+def _display_verdict(test: dict[str, Any], alpha: float) -> str:
+    """Shorten a stored verdict to its outcome; the table note gives α."""
+    if _is_nan(test["p"]):
+        return str(test["verdict"])
+    verdict = "differs" if test["p"] < alpha else "no evidence of a difference"
+    note = str(test["verdict"]).partition(";")[2].strip()
+    return f"{verdict}; {note}" if note else verdict
+
+
+def _cells_table(analysis: Analysis, keys: list[str], name: str, noun: str,
+                 constant: dict[str, Any]) -> DisplayTable:
+    level = f"{analysis.options.confidence:.0%}"
+    method = " (bootstrap)" if analysis.options.interval == "bootstrap" else ""
     rows = []
     for cell in analysis.cells.to_dict(orient="records"):
-        row = {column: str(cell[column]) for column in _identity(analysis)}
+        row = {column: str(cell[column]) for column in [*analysis.factors, *keys]}
         row.update({
-            "mean": format_number(cell["mean"], 3) if not _is_nan(cell["mean"]) else "—",
+            "mean": format_number(cell["mean"], 4),
             f"{level} interval": format_interval(cell["ci_low"], cell["ci_high"]),
             "sd": format_number(cell["sd"]),
             "n": str(cell["n"]),
@@ -96,37 +117,40 @@ def _cells_table(analysis: Analysis, name: str, noun: str) -> DisplayTable:
         })
         rows.append(row)
     title = f"{name}: mean {noun} and {level} interval per cell{method}"
-    return DisplayTable(title, pd.DataFrame(rows))
+    note = ""
+    if constant:
+        levels = ", ".join(f"{key} = {value}" for key, value in constant.items())
+        note = f"In every row: {levels}."
+    return DisplayTable(title, pd.DataFrame(rows), note)
 
 
-def _is_nan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)
-
-
-def _side_by_side(analysis: Analysis, dependent: str | None) -> DisplayTable | None:
+def _side_by_side(analysis: Analysis, keys: list[str], dependent: str | None,
+                  suffix: str) -> DisplayTable | None:
     cells = analysis.cells
-    if dependent is None or dependent not in analysis.keys or cells[dependent].nunique() < 2:
+    if dependent is None or dependent not in keys or cells[dependent].nunique() < 2:
         return None
-    rest = [column for column in _identity(analysis) if column != dependent]
+    rest = [column for column in [*analysis.factors, *keys] if column != dependent]
     rows = []
     for levels, group in iter_groups(cells, rest):
         row = {column: str(level) for column, level in levels.items()}
         for cell in group.to_dict(orient="records"):
-            mean = "—" if _is_nan(cell["mean"]) else f"{cell['mean']:.3f}"
+            mean = format_number(cell["mean"], 4)
             interval = format_interval(cell["ci_low"], cell["ci_high"])
             nan = f" ({cell['n_nan']} NaN)" if cell["n_nan"] else ""
             row[str(cell[dependent])] = f"{mean} {interval}{nan}"
         rows.append(row)
     frame = pd.DataFrame(rows).fillna("—")
-    title = f"Every {dependent} side by side: mean and {analysis.options.confidence:.0%} interval"
+    level = f"{analysis.options.confidence:.0%}"
+    title = f"Every {dependent} side by side: mean and {level} interval{suffix}"
     return DisplayTable(title, frame)
 
 
-def _oneway_table(analysis: Analysis) -> DisplayTable:
+def _oneway_table(analysis: Analysis, keys: list[str], suffix: str) -> DisplayTable:
+    alpha = analysis.options.alpha
     rows = []
     for test in analysis.oneway.to_dict(orient="records"):
         row = {"factor": test["factor"], "fixed": test["fixed"]}
-        row.update({key: str(test[key]) for key in analysis.keys})
+        row.update({key: str(test[key]) for key in keys})
         tested = not _is_nan(test["F"])
         row.update({
             "test": test.get("test") or "—",
@@ -135,26 +159,25 @@ def _oneway_table(analysis: Analysis) -> DisplayTable:
             "p": format_number(test["p"]),
             "η²": format_number(test.get("eta_squared", math.nan)),
             "Levene p": format_number(test.get("levene_p", math.nan)),
-            "verdict": test["verdict"],
+            "verdict": _display_verdict(test, alpha),
         })
         rows.append(row)
-    note = ("test: `welch` where Levene's test rejected equal variances, else the classic "
-            "`anova`.")
-    return DisplayTable("One-way ANOVA across each factor", pd.DataFrame(rows), note)
+    note = (f"Verdicts at α = {alpha:g}. test: `welch` where Levene's test rejected equal "
+            "variances, else the classic `anova`.")
+    return DisplayTable(f"One-way ANOVA across each factor{suffix}", pd.DataFrame(rows), note)
 
 
-def _twoway_table(analysis: Analysis) -> DisplayTable:
-    frame = analysis.twoway
-    rows = []
-    residual_df: dict[tuple[Any, ...], float] = {}
+def _twoway_table(analysis: Analysis, keys: list[str], suffix: str) -> DisplayTable:
+    alpha = analysis.options.alpha
     identity = ["factors", "fixed", *analysis.keys]
-    for test in frame.to_dict(orient="records"):
-        if test.get("source") == "residual":
-            residual_df[tuple(test[c] for c in identity)] = test["DF"]
-    for test in frame.to_dict(orient="records"):
+    records = analysis.twoway.to_dict(orient="records")
+    residual_df = {tuple(test[c] for c in identity): test["DF"] for test in records
+                   if test.get("source") == "residual"}
+    rows = []
+    for test in records:
         if test.get("source") == "residual":
             continue
-        row = {column: str(test[column]) for column in identity}
+        row = {column: str(test[column]) for column in ["factors", "fixed", *keys]}
         df_within = residual_df.get(tuple(test[c] for c in identity), math.nan)
         tested = not _is_nan(test["F"])
         row.update({
@@ -164,29 +187,32 @@ def _twoway_table(analysis: Analysis) -> DisplayTable:
             "η²": format_number(test.get("eta_squared", math.nan)),
             "partial η²": format_number(test.get("partial_eta_squared", math.nan)),
             "Levene p": format_number(test.get("levene_p", math.nan)),
-            "verdict": test["verdict"],
+            "verdict": _display_verdict(test, alpha),
         })
         rows.append(row)
-    return DisplayTable("Two-way ANOVA (type II sums of squares)", pd.DataFrame(rows))
+    note = (f"Verdicts at α = {alpha:g}. Levene p tests equal variances across the cells, "
+            "which the F test assumes.")
+    title = f"Two-way ANOVA (type II sums of squares){suffix}"
+    return DisplayTable(title, pd.DataFrame(rows), note)
 
 
-def _posthoc_table(analysis: Analysis) -> DisplayTable | None:
+def _posthoc_table(analysis: Analysis, keys: list[str], suffix: str) -> DisplayTable | None:
     if analysis.posthoc.empty:
         return None
     alpha = analysis.options.alpha
+    title = f"Post-hoc pairwise tests{suffix}"
     identity = ["factor", "fixed", *analysis.keys]
     oneway = analysis.oneway
-    rejected = oneway[oneway["p"] < alpha][identity] if not oneway.empty else oneway
-    shown = analysis.posthoc.merge(rejected.astype(str), how="inner",
-                                   on=identity) if not rejected.empty else None
+    rejected = oneway.loc[oneway["p"] < alpha, identity]
+    selected = analysis.posthoc.merge(rejected, how="inner", on=identity)
     total = len(analysis.posthoc)
-    if shown is None or shown.empty:
-        return DisplayTable("Post-hoc pairwise tests", pd.DataFrame(),
-                            f"No one-way ANOVA rejected at α = {alpha:g}; all {total} pairwise "
-                            "tests are in the written tables.")
+    if selected.empty:
+        return DisplayTable(title, pd.DataFrame(),
+                            f"No one-way ANOVA with three or more levels rejected at α = "
+                            f"{alpha:g}; all {total} pairwise tests are in the written tables.")
     rows = []
-    for test in shown.to_dict(orient="records"):
-        row = {column: str(test[column]) for column in identity}
+    for test in selected.to_dict(orient="records"):
+        row = {column: str(test[column]) for column in ["factor", "fixed", *keys]}
         row.update({
             "method": test["method"],
             "A": str(test["A"]),
@@ -199,11 +225,11 @@ def _posthoc_table(analysis: Analysis) -> DisplayTable | None:
         rows.append(row)
     note = (f"Only comparisons whose one-way ANOVA rejected at α = {alpha:g} are shown "
             f"({len(rows)} of {total} pairwise tests).")
-    return DisplayTable("Post-hoc pairwise tests", pd.DataFrame(rows), note)
+    return DisplayTable(title, pd.DataFrame(rows), note)
 
 
-def _nan_table(analysis: Analysis) -> DisplayTable:
+def _nan_table(analysis: Analysis, suffix: str) -> DisplayTable:
     rows = [{"reason": reason, "count": str(count)}
             for reason, count in analysis.nan_reasons.items()]
     note = f"{analysis.n_nan} NaN values are left out of every statistic above."
-    return DisplayTable("NaN values", pd.DataFrame(rows), note)
+    return DisplayTable(f"NaN values{suffix}", pd.DataFrame(rows), note)

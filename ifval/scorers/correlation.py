@@ -5,12 +5,12 @@ Each scorer is a pure function of the estimate e and the truth t (the
 direction, range and whether it is invariant to positive scaling of e. All
 four follow the NaN-with-reason policy of :mod:`ifval.scorers.policy`.
 
-Spearman, Pearson and Kendall see every checked point equally, so an
+Spearman, Pearson and Kendall weight every checked point equally. An
 estimate that ranks the many small effects well but gets the few large ones
-wrong can score as high as one that gets the large effects right (Figure 4 of
-Epifano et al. shows two such cases with one Spearman value of about 0.85).
-``magnitude_weighted`` weights each point by the size of its true effect,
-which separates those two cases.
+wrong can therefore score as high as one that gets the large effects right.
+Figure 4 of Epifano et al. shows two such cases with one Spearman value of
+about 0.85. ``magnitude_weighted`` weights each point by the size of its
+true effect, which separates those two cases.
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ with the reason stored beside it, when any of these holds:
 
 A NaN score is never replaced by 0 and never dropped: the store keeps it
 with its reason, and the statistics leave it out and report how many NaN
-scores each cell had. A scorer may add checks of its own (for example a
-top-k scorer needs magnitudes that are not all equal); it states them in its
-docstring. Ties are never an error: rank-based scorers give tied values their
-average rank (scipy's convention) and top-k scorers count tied points at the
+scores each cell had. A scorer may add checks of its own, such as a top-k
+scorer's need for magnitudes that are not all equal, and states them in its
+docstring. Ties are never an error. Rank-based scorers give tied values their
+average rank (scipy's convention), and top-k scorers count tied points at the
 boundary fractionally (see :mod:`ifval.scorers.topk`).
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 MIN_POINTS = 3
-"""Fewest points a pair needs; with two, every correlation is ±1."""
+"""Minimum number of points in a scorable pair. With two, every correlation is ±1."""
 
 
 def check_pair(estimate: np.ndarray, truth: np.ndarray) -> str | None:

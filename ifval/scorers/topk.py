@@ -7,7 +7,7 @@ quarter, rounded to the nearest whole number and at least 1).
 
 Ties at the boundary of a top-k set make the set ambiguous. Breaking them by
 position would make the score depend on the order of the points, so each
-tied point instead counts as a fractional member: when b points share the
+tied point counts as a fractional member instead. When b points share the
 k-th largest magnitude and a points are strictly larger, each of the b gets
 membership (k − a) / b. The scores below are then the expected scores when
 the ties are broken uniformly at random, independently for the estimate and
@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 import ifval
 from ifval.kinds import Score, Scorer
@@ -46,7 +47,7 @@ class TopKParams(BaseModel):
     @classmethod
     def _reject_bool(cls, value: object) -> object:
         if isinstance(value, bool):
-            raise ValueError("k must be a number, not true or false")
+            raise PydanticCustomError("k_type", "k must be a number, not true or false")
         return value
 
     @field_validator("k")
@@ -55,9 +56,9 @@ class TopKParams(BaseModel):
         if value < 1:
             return float(value)
         if value != int(value):
-            msg = (f"a count of points must be a whole number (found {value}); give a whole "
-                   "number, or a fraction below 1 for a share of the points")
-            raise ValueError(msg)
+            raise PydanticCustomError(
+                "k_whole", "a count of points must be a whole number; give a whole number, or "
+                "a fraction below 1 for a share of the points")
         return int(value)
 
 

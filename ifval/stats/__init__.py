@@ -22,12 +22,11 @@ from ifval.stats.anova import (
     posthoc_tests,
     twoway_anovas,
 )
+from ifval.stats.groups import RESULT_KEYS, present_keys
 from ifval.stats.intervals import (
     INTERVAL_METHODS,
-    RESULT_KEYS,
     bootstrap_interval,
     cell_summary,
-    present_keys,
     t_interval,
 )
 
@@ -80,6 +79,14 @@ class Analysis:
     twoway: pd.DataFrame
     posthoc: pd.DataFrame
     nan_reasons: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, factors: list[str], keys: list[str], value: str = "value",
+              options: AnalysisOptions | None = None) -> Analysis:
+        """Return the analysis of no results: every table empty."""
+        empty = pd.DataFrame()
+        return cls(list(factors), list(keys), value, options or AnalysisOptions(), empty, empty,
+                   empty, empty)
 
     @property
     def n_nan(self) -> int:

@@ -1,10 +1,10 @@
 """One-way and two-way ANOVAs and post-hoc pairwise tests, computed with pingouin.
 
-Every function takes a long table with one row per repetition: factor
-columns, key columns (each level combination of the keys is analysed on its
-own, for example one scorer of one estimator against one ground truth) and
-a value column. NaN values are left out, and each row of a result counts
-them in ``n_nan``.
+Every function takes a long table with one row per repetition, with factor
+columns, key columns and a value column. Each level combination of the keys
+is analysed on its own, for example one scorer of one estimator against one
+ground truth. NaN values are left out, and each row of a result counts them
+in ``n_nan``.
 
 A one-way ANOVA compares the levels of one factor while every other factor
 is held at one level combination. Levene's test (scipy's default, centred on
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ifval.stats.intervals import iter_groups, present_keys
+from ifval.stats.groups import iter_groups, present_keys
 
 POST_HOC_METHODS = ("auto", "tukey", "games_howell", "t_test", "none")
 """Post-hoc choices: ``auto`` is Tukey's HSD, or Games-Howell when Levene's test rejects."""
@@ -34,8 +34,8 @@ P_ADJUST_METHODS = ("holm", "bonf", "sidak", "fdr_bh", "fdr_by", "none")
 
 @contextlib.contextmanager
 def _quiet_pingouin() -> Iterator[None]:
-    # NOTE: pingouin 0.7 calls pandas APIs that pandas 3 deprecates; its
-    # warnings say nothing about the analysis, so they are hidden here only.
+    # NOTE: pingouin 0.7 calls pandas APIs that pandas 3 deprecates. Those
+    # warnings are unrelated to the analysis, so they are hidden here only.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module="pingouin")
         warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
@@ -86,8 +86,11 @@ def _comparisons(frame: pd.DataFrame, factor: str, factors: list[str], keys: lis
 
 def _usable_levels(data: pd.DataFrame, factor: str, value: str,
                    ) -> tuple[pd.DataFrame, str | None, list[Any]]:
-    """Drop levels with fewer than two values; return the rest, why a test is impossible, and
-    the dropped levels."""
+    """Drop the levels with fewer than two values.
+
+    Returns the remaining rows, why no test is possible (None when one is)
+    and the dropped levels.
+    """
     counts = data.groupby(factor, sort=False)[value].count()
     dropped = [level for level, count in counts.items() if count < 2]
     if (counts >= 2).sum() < 2:
@@ -99,10 +102,17 @@ def _usable_levels(data: pd.DataFrame, factor: str, value: str,
 
 
 def levene_test(data: pd.DataFrame, factor: str, value: str) -> tuple[float, float]:
-    """Levene's W and p for equal variances across the levels of ``factor`` (pingouin)."""
+    """Levene's W and p for equal variances across the levels of ``factor`` (pingouin).
+
+    When every level's absolute deviations from its median are equal (for
+    example, levels of two values each), W is 0/0 and both results are NaN;
+    when they differ only between levels, W is infinite and p is 0.
+    """
     import pingouin
 
-    with _quiet_pingouin():
+    with _quiet_pingouin(), warnings.catch_warnings(), np.errstate(divide="ignore",
+                                                                   invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
         table = pingouin.homoscedasticity(data, dv=value, group=factor, method="levene")
     return float(table["W"].iloc[0]), float(_column(table, "pval", "p-val", "p_val").iloc[0])
 
@@ -124,10 +134,12 @@ def oneway_anovas(scores: pd.DataFrame, factors: list[str], alpha: float = 0.05,
     For every factor, every level combination of the other factors and every
     level combination of ``keys`` (by default estimator, ground truth and
     scorer), the factor's levels are compared. Levels with fewer than two
-    values are left out and named in the verdict. Columns: ``levene_W`` and
-    ``levene_p``; ``test`` (``anova`` or ``welch``); ``F``, ``df_between``,
-    ``df_within`` (fractional for Welch) and ``p``; ``eta_squared``, which is
-    SS_between / SS_total of the classic layout and, in a one-way design,
+    values are left out and named in the verdict.
+
+    Besides the labels and counts, the columns are ``levene_W``,
+    ``levene_p``, ``test`` (``anova`` or ``welch``), ``F``, ``df_between``,
+    ``df_within`` (fractional for Welch), ``p`` and ``eta_squared``. η² is
+    SS_between / SS_total of the classic layout, which in a one-way design
     equals partial η².
     """
     rows = []
@@ -149,6 +161,8 @@ def _oneway_row(data: pd.DataFrame, factor: str, value: str, alpha: float) -> di
     if problem:
         return _not_tested(problem + note, test="")
     levene_w, levene_p = levene_test(data, factor, value)
+    if np.isnan(levene_p):
+        note += "; Levene's test is undefined here, so the classic ANOVA is used"
     variances = data.groupby(factor, sort=False)[value].var(ddof=1)
     welch = bool(levene_p < alpha)
     if welch and (variances == 0).any():
@@ -190,9 +204,11 @@ def twoway_anovas(scores: pd.DataFrame, pairs: list[tuple[str, str]], factors: l
     the ``keys``. The design must be fully crossed: every combination of the
     two factors' levels needs a value, and there must be more values than
     cells. Each test gives one row per source (first factor, second factor,
-    interaction, residual) with SS, DF, MS, F, p, η² = SS / SS_total and
-    partial η² = SS / (SS + SS_residual). ``levene_p`` tests equal variances
-    across the cells; the classic F test assumes them.
+    interaction, residual) with SS, DF, MS, F, p, η² = SS / (sum of the
+    table's SS) and partial η² = SS / (SS + SS_residual). The sum of the SS
+    is SS_total only in a balanced design, because type II sums of squares
+    of an unbalanced one do not add up to it. ``levene_p`` tests equal
+    variances across the cells, which the F test assumes.
     """
     rows = []
     for first, second in pairs:
@@ -267,8 +283,10 @@ def _twoway_problem(data: pd.DataFrame, first: str, second: str, value: str) -> 
 def posthoc_tests(scores: pd.DataFrame, factors: list[str], alpha: float = 0.05, *,
                   method: str = "auto", p_adjust: str = "holm", keys: list[str] | None = None,
                   value: str = "value") -> pd.DataFrame:
-    """Pairwise comparisons of the levels of each factor, in the comparisons of
-    :func:`oneway_anovas`.
+    """Compare the levels of each factor pairwise, within the comparisons of :func:`oneway_anovas`.
+
+    Only comparisons with at least three usable levels get pairwise tests:
+    with two levels the one-way test already is the pairwise test.
 
     ``method``: ``tukey`` (Tukey's HSD), ``games_howell`` (no equal-variance
     assumption), ``t_test`` (two-sample t-tests, Welch's when the sizes
@@ -289,7 +307,7 @@ def posthoc_tests(scores: pd.DataFrame, factors: list[str], alpha: float = 0.05,
     for factor in factors:
         for labels, group in _comparisons(scores, factor, factors, keys):
             data, problem, _ = _usable_levels(_finite(group, value), factor, value)
-            if problem:
+            if problem or data[factor].nunique() < 3:
                 continue
             chosen = method
             if method == "auto":

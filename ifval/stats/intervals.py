@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
+
+from ifval.stats.groups import iter_groups, present_keys
 
 INTERVAL_METHODS = ("t", "bootstrap")
 """Interval kinds a cell summary offers: Student-t (default) or bootstrap BCa."""
@@ -31,9 +32,10 @@ def bootstrap_interval(values: np.ndarray, confidence: float = 0.95, resamples: 
     """Bootstrap interval of the mean with scipy, and the method that produced it.
 
     The method is BCa. When BCa is undefined (scipy returns NaN, for
-    example when nearly every resample has the same mean) the percentile
-    interval is returned instead, and the method string says so. Fewer than
-    two values give NaN bounds; constant values give the value as both bounds.
+    example when nearly every resample has the same mean), the percentile
+    interval is returned instead and the returned method names it. Fewer
+    than two values give NaN bounds, and constant values give the value as
+    both bounds.
     """
     values = np.asarray(values, dtype=float)
     if values.size < 2:
@@ -54,23 +56,10 @@ def bootstrap_interval(values: np.ndarray, confidence: float = 0.95, resamples: 
 
 
 def _rng_argument(rng: np.random.Generator) -> dict[str, Any]:
-    """Pass the generator under the name this scipy takes: ``rng`` from 1.15, before that
-    ``random_state``."""
+    """Return the generator keyword of this scipy: ``rng`` from 1.15, ``random_state`` before."""
     if "rng" in inspect.signature(scipy_stats.bootstrap).parameters:
         return {"rng": rng}
     return {"random_state": rng}
-
-
-def iter_groups(frame: pd.DataFrame,
-                columns: list[str]) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
-    """Yield each level combination of ``columns`` as a dict, with its rows, in order of
-    first appearance; no columns yield the whole frame once."""
-    if not columns:
-        yield {}, frame
-        return
-    for levels, group in frame.groupby(columns, sort=False, dropna=False):
-        levels = levels if isinstance(levels, tuple) else (levels,)
-        yield dict(zip(columns, levels, strict=True)), group
 
 
 def cell_summary(scores: pd.DataFrame, factors: list[str], confidence: float = 0.95, *,
@@ -108,17 +97,3 @@ def cell_summary(scores: pd.DataFrame, factors: list[str], confidence: float = 0
             "interval": method,
         })
     return pd.DataFrame(rows)
-
-
-RESULT_KEYS = ["estimator", "ground_truth", "scorer"]
-"""Columns that identify which comparison a stored score belongs to."""
-
-
-def present_keys(frame: pd.DataFrame, keys: list[str] | None,
-                 exclude: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """Return the key columns that ``frame`` has and that are not in ``exclude``.
-
-    ``None`` stands for :data:`RESULT_KEYS`.
-    """
-    keys = RESULT_KEYS if keys is None else keys
-    return [key for key in keys if key in frame.columns and key not in exclude]
