@@ -13,21 +13,18 @@ and what is allowed, before anything is trained.
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import itertools
 import json
-import re
-import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ifval.errors import IfvalError, ProtocolError, UnknownPluginError
+from ifval.errors import IfvalError, ProtocolError
 from ifval.plugins import Catalog, default_catalog
 from ifval.settings import Plateau, Real
 
@@ -282,27 +279,35 @@ def parse_protocol(text: str, source: str | None = None,
 def validate_protocol(raw: dict[str, Any], source: str | None = None,
                       catalog: Catalog | None = None) -> Protocol:
     """Validate a protocol given as a dict; raises :class:`ProtocolError` listing every problem."""
+    from ifval.protocol_checks import (
+        check_conditions,
+        check_overlays,
+        check_plugin,
+        check_statistics,
+    )
+    from ifval.protocol_messages import pydantic_problems, render, unique
+
     catalog = catalog or default_catalog()
     try:
         protocol = Protocol.model_validate(raw)
     except ValidationError as exc:
-        problems = [_render(problem) for problem in _pydantic_problems(exc, Protocol)]
-        raise ProtocolError(_unique(problems), source) from None
+        problems = [render(problem) for problem in pydantic_problems(exc, Protocol)]
+        raise ProtocolError(unique(problems), source) from None
 
-    problems = _check_overlays(protocol)
+    problems = check_overlays(protocol)
     if not problems:
-        problems.extend(_check_conditions(protocol, catalog))
+        problems.extend(check_conditions(protocol, catalog))
     executor = protocol.executor.model_dump(exclude_none=True)
-    problems.extend(_render(p) for p in _check_plugin(catalog, "executor", ("executor",), executor))
-    problems.extend(_check_statistics(protocol))
+    problems.extend(render(p) for p in check_plugin(catalog, "executor", ("executor",), executor))
+    problems.extend(check_statistics(protocol))
     if problems:
-        raise ProtocolError(_unique(problems), source)
+        raise ProtocolError(unique(problems), source)
     return protocol
 
 
 def expand_conditions(protocol: Protocol) -> list[Condition]:
     """Every combination of grid values and variants, in protocol order."""
-    return [condition for condition, _ in _iter_conditions(protocol)]
+    return [condition for condition, _ in iter_conditions(protocol)]
 
 
 def resolve_condition(config: dict[str, Any], catalog: Catalog | None = None) -> ResolvedCondition:
@@ -391,7 +396,7 @@ def _decode_problem(exc: UnicodeDecodeError) -> str:
 
 
 @dataclass(frozen=True)
-class _Overlay:
+class Overlay:
     """A value that the grid or a variant writes into one condition's configuration."""
 
     tokens: tuple[str, ...]
@@ -399,10 +404,10 @@ class _Overlay:
     key_location: str
 
 
-def _iter_conditions(protocol: Protocol) -> Iterator[tuple[Condition, list[_Overlay]]]:
+def iter_conditions(protocol: Protocol) -> Iterator[tuple[Condition, list[Overlay]]]:
     """Yield every condition with the overlays that built it, in protocol order."""
     base = protocol.model_dump(include=set(CONDITION_SECTIONS), exclude_none=False)
-    base = {key: _plugin_lists_as_dicts(value) for key, value in base.items()}
+    base = {key: plugin_lists_as_dicts(value) for key, value in base.items()}
     variants = protocol.variants or {DEFAULT_VARIANT: {}}
     grid_paths = list(protocol.grid)
     index_ranges = [range(len(protocol.grid[path])) for path in grid_paths]
@@ -416,11 +421,11 @@ def _iter_conditions(protocol: Protocol) -> Iterator[tuple[Condition, list[_Over
             for path, index, value in zip(grid_paths, indices, values, strict=True):
                 _set_path(config, path, value)
                 tokens = tuple(path.split("."))
-                overlays.append(_Overlay(tokens, f"grid.{path}[{index}]", f"grid.{path}"))
+                overlays.append(Overlay(tokens, f"grid.{path}[{index}]", f"grid.{path}"))
             for path, value in variant_overlay.items():
                 _set_path(config, path, value)
                 location = f"variants.{variant}.{path}"
-                overlays.append(_Overlay(tuple(path.split(".")), location, location))
+                overlays.append(Overlay(tuple(path.split(".")), location, location))
             _names_as_plugin_specs(config)
 
             factors: dict[str, Any] = dict(zip(grid_paths, values, strict=True))
@@ -429,7 +434,7 @@ def _iter_conditions(protocol: Protocol) -> Iterator[tuple[Condition, list[_Over
             yield Condition(_condition_id(config), factors, config), overlays
 
 
-def _plugin_lists_as_dicts(value: Any) -> Any:
+def plugin_lists_as_dicts(value: Any) -> Any:
     if isinstance(value, list):
         return [_spec_dict(item) if isinstance(item, dict) else item for item in value]
     if isinstance(value, dict) and "name" in value:
@@ -468,276 +473,6 @@ def _set_path(config: dict[str, Any], path: str, value: Any) -> None:
         node[last] = copy.deepcopy(value)
 
 
-# ------------------------------------------------------------ grid and variant paths
-
-
-def _check_overlays(protocol: Protocol) -> list[str]:
-    """Check every grid and variant path and the grid's lists of values."""
-    base = protocol.model_dump(include=set(CONDITION_SECTIONS))
-    base = {key: _plugin_lists_as_dicts(value) for key, value in base.items()}
-    grid_paths = list(protocol.grid)
-    problems = []
-
-    for position, path in enumerate(grid_paths):
-        location = f"grid.{path}"
-        problem = _path_problem(base, path)
-        if problem:
-            problems.append(f"{location}: {problem}")
-        values = protocol.grid[path]
-        if not values:
-            problems.append(f"{location}: the list of values is empty; give at least one value")
-        problems.extend(_duplicate_values(location, values))
-        for other in grid_paths[:position]:
-            if _paths_overlap(path, other):
-                problems.append(f"{location}: overlaps the grid path {other!r}; sweep only one")
-
-    for variant, overlay in protocol.variants.items():
-        paths = list(overlay)
-        for position, path in enumerate(paths):
-            location = f"variants.{variant}.{path}"
-            problem = _path_problem(base, path)
-            if problem:
-                problems.append(f"{location}: {problem}")
-            for other in grid_paths:
-                if _paths_overlap(path, other):
-                    swept = "this path" if path == other else f"{other!r}, which overlaps it"
-                    problems.append(
-                        f"{location}: the grid also sweeps {swept}; a setting may be swept by "
-                        "the grid or set by a variant, not both"
-                    )
-            for other in paths[:position]:
-                if _paths_overlap(path, other):
-                    problems.append(f"{location}: overlaps {other!r} in the same variant; "
-                                    "set only one")
-    return problems
-
-
-def _path_problem(base: dict[str, Any], path: str) -> str | None:
-    """Return why a dotted path cannot be written in the configuration, or None when it can."""
-    tokens = path.split(".")
-    invalid = f"invalid dotted path {path!r}"
-    if "" in tokens:
-        return f"{invalid}: a part between dots is empty; write it like model.width"
-    section = tokens[0]
-    if section not in CONDITION_SECTIONS:
-        allowed = ", ".join(CONDITION_SECTIONS)
-        return (f"{invalid}: it must start with a section that may differ between conditions: "
-                f"{allowed}{_did_you_mean(section, CONDITION_SECTIONS)}")
-    if len(tokens) == 1:
-        example = _example_path(base, section)
-        return f"{invalid}: name a setting inside the section, such as {example}"
-
-    node: Any = base
-    for depth, token in enumerate(tokens):
-        parent = ".".join(tokens[:depth])
-        last = depth == len(tokens) - 1
-        if isinstance(node, list):
-            if not token.isdigit() or int(token) >= len(node):
-                items = "1 item" if len(node) == 1 else f"{len(node)} items"
-                return (f"{invalid}: {parent} has {items}, so {token!r} must be an index from "
-                        f"0 to {len(node) - 1}")
-            node = node[int(token)]
-        elif isinstance(node, dict):
-            if last:
-                return None
-            if token not in node:
-                fields = ", ".join(str(key) for key in node)
-                return f"{invalid}: {parent} has no field {token!r}; fields present: {fields}"
-            node = node[token]
-        elif node is None:
-            return f"{invalid}: {parent} is null, so it has no settings; give it a mapping first"
-        else:
-            return (f"{invalid}: {parent} is a single value (found {_show(node)}), "
-                    "not a section with settings")
-    return None
-
-
-def _example_path(base: dict[str, Any], section: str) -> str:
-    content = base.get(section)
-    if isinstance(content, list):
-        return f"{section}.0.name"
-    settings = [key for key in content or {} if key not in ("name", "label")]
-    return f"{section}.{settings[0] if settings else 'name'}"
-
-
-def _paths_overlap(first: str, second: str) -> bool:
-    """Return True when one dotted path equals the other or lies inside it."""
-    first_tokens, second_tokens = first.split("."), second.split(".")
-    shared = min(len(first_tokens), len(second_tokens))
-    return first_tokens[:shared] == second_tokens[:shared]
-
-
-def _duplicate_values(location: str, values: list[Any]) -> list[str]:
-    """Report grid values equal to an earlier one: they would give two identical conditions."""
-    problems = []
-    first_index: dict[str, int] = {}
-    for index, value in enumerate(values):
-        canonical = json.dumps(value, sort_keys=True, default=str)
-        first = first_index.setdefault(canonical, index)
-        if first != index:
-            problems.append(f"{location}[{index}]: duplicate value (found {_show(value)}, also "
-                            f"at index {first}); list each value once")
-    return problems
-
-
-# ---------------------------------------------------------------- condition checks
-
-
-@dataclass(frozen=True)
-class _Problem:
-    """One problem found by pydantic or a check, located in a configuration.
-
-    ``loc`` is the path inside the configuration that was checked. ``about_key``
-    marks a problem with a field's name (an unknown field), not with its value.
-    """
-
-    loc: tuple[str | int, ...]
-    text: str
-    about_key: bool = False
-
-
-def _check_conditions(protocol: Protocol, catalog: Catalog) -> list[str]:
-    """Check every condition and report each problem once, at the YAML path that caused it."""
-    labels_by_problem: dict[str, list[str]] = {}
-    first_by_id: dict[str, Condition] = {}
-    count = 0
-    for condition, overlays in _iter_conditions(protocol):
-        count += 1
-        found = [f"{_locate(problem, overlays)}: {problem.text}"
-                 for problem in _check_condition(condition.config, catalog)]
-        first = first_by_id.setdefault(condition.id, condition)
-        if first is not condition:
-            found.append(_same_configuration(first, condition))
-        for problem in found:
-            labels_by_problem.setdefault(problem, []).append(condition.label)
-    return [problem + _condition_note(labels, count)
-            for problem, labels in labels_by_problem.items()]
-
-
-def _check_condition(config: dict[str, Any], catalog: Catalog) -> list[_Problem]:
-    problems = []
-    for section in ("dataset", "model"):
-        problems.extend(_check_plugin(catalog, section, (section,), config[section]))
-    for kind, section in PLUGIN_LIST_SECTIONS:
-        first_index: dict[str, int] = {}
-        for index, spec in enumerate(config[section]):
-            problems.extend(_check_plugin(catalog, kind, (section, index), spec))
-            if not isinstance(spec, dict):
-                continue
-            field = "label" if spec.get("label") is not None else "name"
-            label = spec.get(field)
-            if not isinstance(label, str):
-                continue
-            first = first_index.setdefault(label, index)
-            if first != index:
-                text = (f"duplicate label {label!r} (also {section}[{first}]); "
-                        "give one of them a distinct `label`")
-                problems.append(_Problem((section, index, field), text))
-    for section, schema in (("training", Training), ("points", Points)):
-        try:
-            schema.model_validate(config[section])
-        except ValidationError as exc:
-            problems.extend(_pydantic_problems(exc, schema, (section,)))
-    return problems
-
-
-def _check_plugin(catalog: Catalog, kind: str, loc: tuple[str | int, ...],
-                  spec: Any) -> list[_Problem]:
-    """Check a plugin's name and its settings against the plugin's ``Params``."""
-    if not isinstance(spec, dict):
-        return [_Problem(loc, f"expected {_PLUGIN_SPEC} (found {_show(spec)})")]
-    try:
-        PluginSpec.model_validate(spec)
-    except ValidationError as exc:
-        return _pydantic_problems(exc, PluginSpec, loc)
-    try:
-        plugin = catalog.get(kind, spec["name"])
-    except UnknownPluginError as exc:
-        return [_Problem((*loc, "name"), str(exc))]
-    settings = {key: value for key, value in spec.items() if key not in ("name", "label")}
-    try:
-        plugin.parse_params(settings)
-    except ValidationError as exc:
-        return _pydantic_problems(exc, plugin.Params, loc, also_allowed=("name", "label"))
-    return []
-
-
-def _locate(problem: _Problem, overlays: list[_Overlay]) -> str:
-    """Return the YAML path to blame, which is the grid value or variant entry that wrote it."""
-    loc = tuple(str(part) for part in problem.loc)
-    for overlay in overlays:
-        size = len(overlay.tokens)
-        if loc[:size] != overlay.tokens:
-            continue
-        if problem.about_key and size == len(loc):
-            return overlay.key_location
-        return _extend_location(overlay.value_location, problem.loc[size:])
-    return _render_loc(problem.loc)
-
-
-def _same_configuration(first: Condition, second: Condition) -> str:
-    first_variant = first.factors.get(VARIANT_FACTOR)
-    second_variant = second.factors.get(VARIANT_FACTOR)
-    grid_values = {key: value for key, value in first.factors.items() if key != VARIANT_FACTOR}
-    if first_variant != second_variant and grid_values == {
-        key: value for key, value in second.factors.items() if key != VARIANT_FACTOR
-    }:
-        return (f"variants.{second_variant}: gives the same configuration as variant "
-                f"{first_variant!r}; make the two differ or remove one")
-    return (f"grid: conditions {first.label!r} and {second.label!r} have the same "
-            "configuration; remove one of the values")
-
-
-def _condition_note(labels: list[str], count: int) -> str:
-    if len(labels) == count:
-        return ""
-    if len(labels) == 1:
-        return f" (in condition {labels[0]})"
-    return f" (in {len(labels)} of {count} conditions, first: {labels[0]})"
-
-
-def _check_statistics(protocol: Protocol) -> list[str]:
-    statistics = protocol.statistics
-    problems = []
-    labels = [spec.key for spec in protocol.scorers]
-    for index, score in enumerate(statistics.scores or []):
-        if score not in labels:
-            problems.append(
-                f"statistics.scores[{index}]: {score!r} is not a scorer label of this protocol; "
-                f"allowed: {', '.join(labels)}"
-            )
-    for index, measure in enumerate(statistics.measures):
-        if not measure.startswith(MEASURE_PREFIXES) or measure in MEASURE_PREFIXES:
-            problems.append(
-                f"statistics.measures[{index}]: {measure!r} is not a trial measure; name a "
-                "column of the exported trials table, such as training.test_loss"
-            )
-    allowed = analysis_factors(protocol)
-    for index, factor in enumerate(statistics.factors or []):
-        if factor not in allowed:
-            problems.append(
-                f"statistics.factors[{index}]: {factor!r} is not a grid path, `variant`, "
-                f"`estimator` or `ground_truth`; allowed: {', '.join(allowed)}"
-            )
-    for index, pair in enumerate(statistics.two_way or []):
-        for position, factor in enumerate(pair):
-            if factor not in allowed:
-                problems.append(
-                    f"statistics.two_way[{index}][{position}]: {factor!r} is not a grid path, "
-                    f"`variant`, `estimator` or `ground_truth`; allowed: {', '.join(allowed)}"
-                )
-        if pair[0] == pair[1]:
-            problems.append(f"statistics.two_way[{index}]: names {pair[0]!r} twice; a two-way "
-                            "ANOVA needs two different factors")
-    scorer = statistics.trial_plots.scorer
-    if scorer is not None and scorer not in labels:
-        problems.append(
-            f"statistics.trial_plots.scorer: {scorer!r} is not a scorer label of this protocol; "
-            f"allowed: {', '.join(labels)}"
-        )
-    return problems
-
-
 MEASURE_PREFIXES = ("training.", "time.")
 """Column prefixes of the per-trial measures that ``statistics.measures`` may name."""
 
@@ -746,168 +481,3 @@ def analysis_factors(protocol: Protocol) -> list[str]:
     """Return every name ``statistics.factors`` and ``statistics.two_way`` may use."""
     names = list(protocol.grid) + ([VARIANT_FACTOR] if protocol.variants else [])
     return [*names, "estimator", "ground_truth"]
-
-
-# ---------------------------------------------------------- pydantic error messages
-
-_PLUGIN_SPEC = "a plugin name or a mapping with `name` and the plugin's settings"
-_TRAILING_REASON = re.compile(r", (unable to|got) .*$")
-
-
-def _pydantic_problems(exc: ValidationError, schema: type[BaseModel],
-                       prefix: tuple[str | int, ...] = (),
-                       also_allowed: tuple[str, ...] = ()) -> list[_Problem]:
-    """Turn pydantic's errors into problems that show the found value and what is allowed.
-
-    The errors of one union field (one per member type) become one problem.
-    """
-    grouped: dict[tuple[str | int, ...], list[Any]] = {}
-    for error in exc.errors():
-        grouped.setdefault(_clean_loc(schema, error["loc"]), []).append(error)
-
-    problems = []
-    for loc, errors in grouped.items():
-        if len(errors) > 1:
-            problems.append(_Problem((*prefix, *loc), _union_text(errors)))
-        else:
-            problems.append(_error_problem(errors[0], schema, loc, prefix, also_allowed))
-    return problems
-
-
-def _error_problem(error: Any, schema: type[BaseModel], loc: tuple[str | int, ...],
-                   prefix: tuple[str | int, ...], also_allowed: tuple[str, ...]) -> _Problem:
-    kind = error["type"]
-    found = _show(error["input"])
-    if kind == "extra_forbidden":
-        key = str(loc[-1])
-        allowed = [*also_allowed, *_allowed_fields(schema, loc[:-1])]
-        text = f"unknown field (found {key!r}); allowed fields: {', '.join(allowed)}"
-        return _Problem((*prefix, *loc), text + _did_you_mean(key, allowed), about_key=True)
-    if kind == "missing":
-        text = "missing item; the list is too short" if isinstance(loc[-1], int) else (
-            "required field is missing")
-        return _Problem((*prefix, *loc), text)
-    if kind == "invalid_key" or (loc and loc[-1] == "[key]"):
-        parent = loc[:-2] if loc[-1] == "[key]" else loc[:-1]
-        key = loc[-2] if loc[-1] == "[key]" else loc[-1]
-        return _Problem((*prefix, *parent), f"keys must be strings (found {key!r})")
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        expected = _PLUGIN_SPEC if error.get("ctx", {}).get("class_name") == "PluginSpec" else (
-            "a mapping")
-        return _Problem((*prefix, *loc), f"expected {expected} (found {found})")
-    message = error["msg"][0].lower() + error["msg"][1:]
-    text = f"{message} (found {found})"
-    if kind == "int_type" and isinstance(error["input"], str) and error["input"].isdigit():
-        text += "; a number in quotes is a string, so remove the quotes"
-    return _Problem((*prefix, *loc), text)
-
-
-def _union_text(errors: list[Any]) -> str:
-    expected = []
-    for error in errors:
-        message = _TRAILING_REASON.sub("", error["msg"])
-        expected.append(message.removeprefix("Input should be "))
-    return f"input should be {' or '.join(expected)} (found {_show(errors[0]['input'])})"
-
-
-def _clean_loc(schema: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str | int, ...]:
-    """Drop the member-type tags pydantic inserts into the location of a union field."""
-    clean: list[str | int] = []
-    annotation: Any = schema
-    for part in loc:
-        annotation = _unwrap(annotation)
-        if _is_union(annotation):
-            annotation = _union_member(annotation, part)
-            continue
-        clean.append(part)
-        annotation = _child_annotation(annotation, part)
-    return tuple(clean)
-
-
-def _unwrap(annotation: Any) -> Any:
-    """Strip ``Annotated`` and a ``| None`` around a single type."""
-    while True:
-        if get_origin(annotation) is Annotated:
-            annotation = get_args(annotation)[0]
-            continue
-        if _is_union(annotation, count_none=True):
-            members = [arg for arg in get_args(annotation) if arg is not type(None)]
-            if len(members) == 1:
-                annotation = members[0]
-                continue
-        return annotation
-
-
-def _is_union(annotation: Any, count_none: bool = False) -> bool:
-    if get_origin(annotation) not in (Union, types.UnionType):
-        return False
-    members = [arg for arg in get_args(annotation) if count_none or arg is not type(None)]
-    return len(members) > 1
-
-
-def _union_member(annotation: Any, tag: Any) -> Any:
-    for member in get_args(annotation):
-        if isinstance(member, type) and member.__name__ == tag:
-            return member
-    return None
-
-
-def _child_annotation(annotation: Any, part: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        field = annotation.model_fields.get(part) if isinstance(part, str) else None
-        return field.annotation if field is not None else None
-    origin, args = get_origin(annotation), get_args(annotation)
-    if origin is list and args:
-        return args[0]
-    if origin is dict and len(args) == 2:
-        return args[1]
-    if origin is tuple and args:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return args[0]
-        return args[part] if isinstance(part, int) and part < len(args) else None
-    return None
-
-
-def _allowed_fields(schema: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
-    annotation: Any = schema
-    for part in loc:
-        annotation = _child_annotation(_unwrap(annotation), part)
-    annotation = _unwrap(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return list(annotation.model_fields)
-    return []
-
-
-# ------------------------------------------------------------------- rendering
-
-
-def _render(problem: _Problem) -> str:
-    return f"{_render_loc(problem.loc)}: {problem.text}"
-
-
-def _render_loc(loc: tuple[str | int, ...]) -> str:
-    return _extend_location("", loc) or "top level"
-
-
-def _extend_location(location: str, parts: tuple[str | int, ...]) -> str:
-    """Append location parts: ``[i]`` for a list index, ``.name`` for a field."""
-    for part in parts:
-        if isinstance(part, int):
-            location += f"[{part}]"
-        else:
-            location += f".{part}" if location else str(part)
-    return location
-
-
-def _show(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _did_you_mean(name: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f". Did you mean {close[0]!r}?" if close else ""
-
-
-def _unique(problems: list[str]) -> list[str]:
-    return list(dict.fromkeys(problems))
