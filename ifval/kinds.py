@@ -2,7 +2,7 @@
 
 A plugin is an instance of one of these classes, returned by the matching hook
 in :mod:`ifval.hookspecs`. Each declares a unique ``name``, a one-line
-``description`` and a pydantic ``Params`` model; the protocol's settings for
+``description`` and a pydantic ``Params`` model. The protocol's settings for
 the plugin are validated against ``Params`` before anything runs.
 
 Tensors passed to models, estimators and ground truths carry a leading model
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
 
 Normalisation = Literal["original_n", "remaining"]
-"""How a retrain normalises the data term after removing points.
+"""Normalisation of a retrain's data term after points are removed.
 
 ``original_n``: (1/n) Σ_{j∉U} ℓ_j + (w/2)‖θ‖², Koh & Liang's ε = −1/n.
 ``remaining``: the mean over the n − |U| remaining points, what a loss with
