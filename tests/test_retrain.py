@@ -81,3 +81,37 @@ def test_trajectory_is_recorded(iris_split, optimum):
     assert len(diagnostics["trajectory_test_loss"]) == len(diagnostics["trajectory_epochs"])
     base = test_loss_numpy(optimum, iris_split.x_test, iris_split.y_test, 3)
     assert diagnostics["trajectory_test_loss"][0] == pytest.approx(base, rel=1e-12)
+
+
+CONVERGING = {"layers": "last", "epochs": 3000, "lr": 0.01,
+              "plateau": Plateau(factor=0.3, patience=100)}
+
+
+def test_drift_is_zero_at_optimum(iris_split, optimum):
+    batch = linear_batch(iris_split, optimum, DECAY)
+    result = RetrainFromOptimum().measure(RetrainParams(**CONVERGING), batch, POINTS)
+
+    for diagnostics in result.diagnostics[0]:
+        assert abs(diagnostics["baseline_drift"]) < 1e-10
+
+
+def test_retrained_baseline_cancels_drift_from_non_optimum(iris_split, optimum):
+    """Starting away from the optimum, only the retrained baseline recovers the true changes.
+
+    θ̂ here is the optimum for a stronger weight decay, so fine-tuning under
+    DECAY drifts on its own; the true changes are measured against the scipy
+    optimum for DECAY.
+    """
+    n = len(iris_split.y_train)
+    elsewhere = solve_logistic(iris_split.x_train, iris_split.y_train, np.full(n, 1 / n),
+                               3 * DECAY, 3)
+    batch = linear_batch(iris_split, elsewhere, DECAY)
+    expected = scipy_changes(iris_split, optimum, "original_n")
+
+    retrained = RetrainFromOptimum().measure(
+        RetrainParams(**CONVERGING, baseline="retrained"), batch, POINTS)
+    from_start = RetrainFromOptimum().measure(RetrainParams(**CONVERGING), batch, POINTS)
+    drift = from_start.diagnostics[0][0]["baseline_drift"]
+    np.testing.assert_allclose(retrained.values[0], expected, rtol=1e-5, atol=1e-8)
+    assert abs(drift) > 5 * np.abs(expected).max()
+    np.testing.assert_allclose(from_start.values[0], expected + drift, rtol=1e-5, atol=1e-8)

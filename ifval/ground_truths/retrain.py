@@ -43,6 +43,12 @@ class RetrainParams(BaseModel):
     plateau: Plateau | None = Field(
         None, description="ReduceLROnPlateau on each retrain's objective; null keeps lr fixed."
     )
+    baseline: Literal["optimum", "retrained"] = Field(
+        "optimum",
+        description="Test loss subtracted from each retrain's: `optimum` uses ℓ(z_test, θ̂); "
+        "`retrained` uses θ̂ fine-tuned the same way on all n points, which cancels drift "
+        "that does not come from the removal. The drift is recorded either way.",
+    )
 
 
 class RetrainFromOptimum(GroundTruth):
@@ -50,7 +56,9 @@ class RetrainFromOptimum(GroundTruth):
 
     Each retrain uses a fresh Adam optimizer (and, when set, a plateau
     schedule of its own) on the training objective without point i, weight
-    decay included. Diagnostics per
+    decay included. One extra retrain per model removes nothing; its change in
+    test loss (``baseline_drift`` in the diagnostics) shows how far the
+    fine-tuning moves θ̂ on its own, for example when θ̂ was not an optimum. Diagnostics per
     retrain: the final gradient norm of that objective, its change over the
     last tenth of the epochs, the distance travelled from θ̂ and the test-loss
     trajectory.
@@ -70,9 +78,12 @@ class RetrainFromOptimum(GroundTruth):
         size, k = points.shape
         n = batch.n_train
         dtype = next(iter(batch.weights.values())).dtype
-        keep = torch.ones(size, k, n, dtype=dtype)
-        keep.scatter_(2, torch.as_tensor(points, dtype=torch.long)[..., None], 0.0)
-        keep /= float(n if params.normalisation == "original_n" else n - 1)
+        # Row k of each model removes nothing: the same fine-tuning on all n
+        # points, which measures the drift that does not come from a removal.
+        keep = torch.ones(size, k + 1, n, dtype=dtype)
+        keep[:, :k].scatter_(2, torch.as_tensor(points, dtype=torch.long)[..., None], 0.0)
+        keep[:, :k] /= float(n if params.normalisation == "original_n" else n - 1)
+        keep[:, k] /= float(n)
 
         retrain = _LastLayerRetrain if params.layers == "last" else _AllLayerRetrain
         run = retrain(batch, keep)
@@ -82,9 +93,17 @@ class RetrainFromOptimum(GroundTruth):
                                     batch.model.forward(batch.model_params, batch.weights,
                                                         batch.x_test),
                                     batch.y_test).mean(dim=1)
-        final = result.history_probe[-1].reshape(size, k)
-        values = (final - base[:, None]).numpy()
-        return TruthResult(values, run.diagnostics(result))
+        final = result.history_probe[-1].reshape(size, k + 1)
+        drift = final[:, k] - base
+        reference = base if params.baseline == "optimum" else final[:, k]
+        values = (final[:, :k] - reference[:, None]).numpy()
+
+        diagnostics = run.diagnostics(result)
+        for b, row in enumerate(diagnostics):
+            row.pop()
+            for entry in row:
+                entry["baseline_drift"] = float(drift[b])
+        return TruthResult(values, diagnostics)
 
 
 class _Retrain:
