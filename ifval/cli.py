@@ -81,21 +81,34 @@ def run(protocol_file: Path, output: Path | None, workers: int | None, no_report
                TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
-        task = progress.add_task(protocol.name, total=None, unit="trials")
+        task = progress.add_task(f"{protocol.name} (loading data, checking conditions)",
+                                 total=None, unit="trials")
         stage_task = progress.add_task("batch", total=None, visible=False, unit="steps")
+        state = {"stored": 0, "batch": "", "share": 0.0}
 
         def advance(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+            state["stored"] = done
+            state["share"] = 0.0
+            progress.update(task, description=protocol.name, completed=done, total=total)
             if not console.is_terminal:
                 logger.info("%d of %d trials stored", done, total)
 
-        def show_stage(batch: str, stage: str, done: int, total: int) -> None:
+        def show_stage(batch: str, trials: int, stage: str, done: int, total: int) -> None:
+            # The main bar moves within a batch too, so its ETA does not wait for
+            # whole batches: training counts as the first half of a batch.
+            fraction = done / total if total else 0.0
+            share = 0.5 * fraction if stage == "training" else 0.5 + 0.5 * fraction
+            if batch != state["batch"]:
+                state["batch"], state["share"] = batch, 0.0
+            state["share"] = max(state["share"], share)
+            progress.update(task, completed=state["stored"] + trials * state["share"])
             progress.update(stage_task, description=f"  {stage}", completed=done, total=total,
                             visible=True)
 
         try:
             summary = run_protocol(protocol, text, output=output, progress=advance,
                                    stage_progress=show_stage)
+            progress.update(stage_task, visible=False)
         except KeyboardInterrupt:
             progress.stop()
             console.print("interrupted; every finished trial is stored. "

@@ -19,8 +19,8 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]
 """Called with (trials stored, trials in the protocol) after each stored trial."""
 
-StageCallback = Callable[[str, str, int, int], None]
-"""Called with (batch key, stage, steps done, steps in the stage) while a batch runs."""
+StageCallback = Callable[[str, int, str, int, int], None]
+"""Called with (batch key, trials in the batch, stage, steps done, steps in the stage)."""
 
 
 @dataclass
@@ -47,12 +47,14 @@ def plan_batches(protocol: Protocol, conditions: list[Condition],
             if all(trial_id(condition.id, r) in finished for r in repetitions):
                 continue
             seeds = tuple(repetition_seed(protocol.seed, r) for r in repetitions)
-            tasks.append(BatchTask(condition.id, condition.config, repetitions, seeds))
+            tasks.append(BatchTask(condition.id, condition.config, repetitions, seeds,
+                                   condition.label))
     return tasks
 
 
 def _run_reporting(task: BatchTask, report: StageCallback) -> list[dict]:
-    return run_batch(task, lambda stage, done, total: report(task.key, stage, done, total))
+    size = len(task.repetitions)
+    return run_batch(task, lambda stage, done, total: report(task.key, size, stage, done, total))
 
 
 def check_conditions(conditions: list[Condition]) -> None:

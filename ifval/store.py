@@ -103,12 +103,13 @@ class RunStore:
         """
         fingerprint = protocol_fingerprint(protocol_data)
         stored = self.meta("fingerprint")
-        if stored is not None and stored != fingerprint:
+        if stored is not None and stored != fingerprint and self.finished_trials():
+            changed = self._changed_fields(protocol_data)
             msg = (
                 f"run directory {self.run_dir} holds results of a different protocol "
-                "(only description, repetitions, batch_size, executor, statistics and output "
-                "may change between runs into one directory); set another `output`, or delete "
-                "the directory to start over"
+                f"(changed: {', '.join(changed) or 'unknown'}; only description, repetitions, "
+                "batch_size, executor, statistics and output may change between runs into one "
+                "directory); set another `output`, or delete the directory to start over"
             )
             raise StoreError(msg)
         with self.connection:
@@ -119,6 +120,14 @@ class RunStore:
             if stored is None:
                 self._set_meta("created_at", datetime.now(UTC).isoformat())
         return stored is not None
+
+    def _changed_fields(self, protocol_data: dict[str, Any]) -> list[str]:
+        """Top-level protocol fields that differ from the recorded protocol."""
+        recorded = json.loads(self.meta("protocol") or "{}")
+        fields = sorted(set(recorded) | set(protocol_data))
+        return [name for name in fields if name not in RESULT_INDEPENDENT_FIELDS
+                and json.dumps(recorded.get(name), sort_keys=True, default=str)
+                != json.dumps(protocol_data.get(name), sort_keys=True, default=str)]
 
     def meta(self, key: str) -> str | None:
         row = self.connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

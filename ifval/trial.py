@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ifval.errors import IfvalError
 from ifval.protocol import Points, ResolvedCondition, Training, resolve_condition
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ class BatchTask:
     config: dict[str, Any]
     repetitions: tuple[int, ...]
     seeds: tuple[int, ...]
+    label: str = ""
+    """The condition's factor levels, for messages."""
 
     @property
     def key(self) -> str:
@@ -64,7 +68,8 @@ def run_batch(task: BatchTask, progress: StageProgress | None = None) -> list[di
 
     truths, diagnostics, normalisations = {}, {}, {}
     for label, plugin, params in resolved.ground_truths:
-        result = plugin.measure(params, batch, points)
+        with _context(task, f"ground truth {label!r}"):
+            result = plugin.measure(params, batch, points)
         truths[label] = result.values
         diagnostics[label] = result.diagnostics
         normalisations[label] = plugin.normalisation(params)
@@ -75,7 +80,8 @@ def run_batch(task: BatchTask, progress: StageProgress | None = None) -> list[di
         if progress is not None:
             progress(f"estimator {label}", index, len(resolved.estimators))
         for normalisation in sorted(set(normalisations.values())):
-            result = plugin.estimate(params, batch, points, normalisation)
+            with _context(task, f"estimator {label!r}"):
+                result = plugin.estimate(params, batch, points, normalisation)
             estimates[(label, normalisation)] = result.values
     estimated_at = time.perf_counter()
 
@@ -93,6 +99,16 @@ def run_batch(task: BatchTask, progress: StageProgress | None = None) -> list[di
     return records
 
 
+@contextmanager
+def _context(task: BatchTask, what: str) -> Iterator[None]:
+    """Prefix a user-facing error raised inside a plugin with the condition and the plugin."""
+    try:
+        yield
+    except IfvalError as exc:
+        where = f"condition {task.label}" if task.label else "the default condition"
+        raise IfvalError(f"{where}, {what}: {exc}") from exc
+
+
 def select_points(settings: Points, train_losses: np.ndarray, seeds: tuple[int, ...]) -> np.ndarray:
     """Training rows checked in each trial, an integer array ``(B, k)``."""
     size, n = train_losses.shape
@@ -100,8 +116,6 @@ def select_points(settings: Points, train_losses: np.ndarray, seeds: tuple[int, 
         return np.tile(np.arange(n), (size, 1))
     k = settings.k or n
     if k > n:
-        from ifval.errors import IfvalError
-
         msg = f"points.k: {k} points requested but the training set has only {n}; lower k"
         raise IfvalError(msg)
     if settings.strategy == "top_loss":

@@ -51,9 +51,14 @@ def plot_scores(cells: pd.DataFrame, factors: list[str], out_dir: Path, stem: st
     line_columns += [k for k in keys if k in cells.columns and k not in factors and k != panel
                      and cells[k].nunique() > 1]
     panels = list(dict.fromkeys(cells[panel])) if panel in cells.columns else [None]
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    columns = min(len(panels), PANELS_PER_ROW)
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.2 * rows),
+                                squeeze=False)
+    for axis in axes.flat[len(panels):]:
+        axis.set_visible(False)
 
-    for axis, level in zip(axes[0], panels, strict=True):
+    for axis, level in zip(axes.flat, panels, strict=False):
         subset = cells if level is None else cells[cells[panel] == level]
         groups = subset.groupby(line_columns, sort=False) if line_columns else [((), subset)]
         for levels, line in groups:
@@ -73,6 +78,10 @@ def plot_scores(cells: pd.DataFrame, factors: list[str], out_dir: Path, stem: st
         if line_columns:
             axis.legend(fontsize=8, title=", ".join(line_columns), title_fontsize=8)
     return _save(figure, out_dir, stem)
+
+
+PANELS_PER_ROW = 3
+"""Panels of the scores figure per row, so six scorers make a 2 × 3 grid."""
 
 
 def _x_factor(cells: pd.DataFrame, factors: list[str]) -> str | None:
