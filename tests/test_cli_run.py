@@ -96,3 +96,48 @@ def test_too_many_points_rejected_before_training(tmp_path):
             "(condition model.width=8, variant=plain); lower k or use strategy 'all'"
             in result.stderr)
     assert not (tmp_path / "run" / "ifval.sqlite").exists()
+
+
+TINY = """
+name: tiny
+dataset: {name: iris, test_point: 83}
+model: {name: mlp, depth: 1, width: 4}
+training: {lr: 0.01, epochs: 50}
+grid: {model.width: [4]}
+points: {strategy: top_loss, k: 5}
+estimators: [{name: exact, label: undamped, damping: 0.0}]
+ground_truths: [{name: retrain_from_optimum, epochs: 5}]
+scorers: [spearman]
+repetitions: 1
+"""
+
+
+def test_estimator_error_names_condition_and_label(tmp_path):
+    """Without decay or damping the last-layer Hessian is singular; the error says where."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    result = ifval("run", str(path), "-o", str(tmp_path / "run"))
+
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "Error: condition model.width=4, estimator 'undamped': estimator 'exact' (scope "
+        "last_layer, seed ")
+    assert "set the estimator's `damping` to at least" in result.stderr
+
+
+def test_changed_protocol_accepted_while_store_empty(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    run_dir = tmp_path / "run"
+    first = ifval("run", str(path), "-o", str(run_dir))
+    assert first.returncode == 1
+
+    path.write_text(TINY.replace("damping: 0.0", "damping: 0.01"))
+    second = ifval("run", str(path), "-o", str(run_dir), "--no-report")
+    assert second.returncode == 0, second.stderr
+    assert "1 trials computed, 0 already stored" in second.stderr
+
+    path.write_text(TINY.replace("damping: 0.0", "damping: 0.1"))
+    third = ifval("run", str(path), "-o", str(run_dir), "--no-report")
+    assert third.returncode == 1
+    assert "holds results of a different protocol (changed: estimators;" in third.stderr
