@@ -29,6 +29,7 @@ BUILTIN_MODULES = {
     "mlp": "ifval.models.mlp",
     "exact": "ifval.estimators.exact",
     "retrain_from_optimum": "ifval.ground_truths.retrain",
+    "exact_optimum": "ifval.ground_truths.exact_optimum",
     "correlation": "ifval.scorers.correlation",
     "topk": "ifval.scorers.topk",
     "local": "ifval.executors.local",

@@ -31,6 +31,7 @@ BUILTINS = [
     ("dataset", "iris"),
     ("model", "mlp"),
     ("estimator", "exact"),
+    ("ground_truth", "exact_optimum"),
     ("ground_truth", "retrain_from_optimum"),
     ("scorer", "kendall"),
     ("scorer", "magnitude_weighted"),
@@ -184,7 +185,8 @@ def test_unknown_name_without_close_match() -> None:
         catalog.get("ground_truth", "influence_oracle")
 
     assert str(caught.value) == (
-        "unknown ground truth 'influence_oracle'; known ground truths: retrain_from_optimum"
+        "unknown ground truth 'influence_oracle'; known ground truths: exact_optimum, "
+        "retrain_from_optimum"
     )
 
 
@@ -341,7 +343,7 @@ def test_disable_unknown_name_warns(caplog: pytest.LogCaptureFixture) -> None:
 
     assert caplog.messages == [
         "disabled plugin names match no plugin module: corelation; installed: correlation, "
-        "exact, iris, local, mlp, retrain_from_optimum, topk"
+        "exact, exact_optimum, iris, local, mlp, retrain_from_optimum, topk"
     ]
 
 
