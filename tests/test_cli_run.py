@@ -141,3 +141,19 @@ def test_changed_protocol_accepted_while_store_empty(tmp_path):
     third = ifval("run", str(path), "-o", str(run_dir), "--no-report")
     assert third.returncode == 1
     assert "holds results of a different protocol (changed: estimators;" in third.stderr
+
+
+@pytest.mark.slow
+def test_ground_truth_comparison_protocol(tmp_path):
+    """Three ground truths of the same estimates, with an ANOVA over the ground-truth factor."""
+    run_dir = tmp_path / "run"
+    result = ifval("run", "protocols/iris_ground_truths.yaml", "-o", str(run_dir))
+
+    assert result.returncode == 0, result.stderr
+    anova = pd.read_csv(run_dir / "report" / "anova.csv")
+    across_truths = anova[anova["factor"] == "ground_truth"]
+    assert len(across_truths) == 3 * 4
+    assert across_truths["levels"].eq(3).all()
+    points = pd.read_csv(run_dir / "report" / "cells.csv")
+    assert set(points["ground_truth"]) == {"retrain_paper", "retrain_drift_corrected",
+                                           "exact_optimum"}

@@ -32,6 +32,7 @@ def sklearn_fit(x, y, weight, n_scale):
 
 
 def test_losses(x, y, theta):
+    """Mean test cross-entropy of the (d + 1, C) parameter matrix ``theta``."""
     augmented = np.hstack([x, np.ones((len(x), 1))])
     logits = augmented @ theta
     logits -= logits.max(axis=1, keepdims=True)

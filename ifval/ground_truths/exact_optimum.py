@@ -34,7 +34,7 @@ class ExactOptimumParams(BaseModel):
         description="`original_n`: data term (1/n) Σ_{j≠i} ℓ_j; `remaining`: mean over the "
         "n − 1 remaining points.",
     )
-    tol: Real = Field(1e-10, gt=0, description="Stop when every gradient norm is below this.")
+    tol: Real = Field(1e-9, gt=0, description="Stop when every gradient norm is below this.")
     max_iter: int = Field(50, ge=1, strict=True, description="Newton steps at most.")
 
 
@@ -183,7 +183,8 @@ def _line_search(features, labels, keep, theta, direction, grad, decay):  # type
     return theta - step[:, None, None] * direction
 
 
-def mean_test_losses(features: torch.Tensor, labels: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+def mean_test_losses(features: torch.Tensor, labels: torch.Tensor,
+                     theta: torch.Tensor) -> torch.Tensor:
     """Mean test cross-entropy of each problem's parameters, shape ``(R,)``."""
     import torch
 
