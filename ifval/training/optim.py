@@ -1,9 +1,10 @@
 """Adam and ReduceLROnPlateau for ``B`` models stepped together.
 
 Every state variable carries the leading model dimension, so each model
-follows exactly the update ``torch.optim.Adam`` and
-``torch.optim.lr_scheduler.ReduceLROnPlateau`` would give it alone: its own
-learning rate, weight decay, moment estimates and plateau counters.
+follows the update ``torch.optim.Adam`` and
+``torch.optim.lr_scheduler.ReduceLROnPlateau`` would give it alone, with its
+own learning rate, weight decay, moment estimates and plateau counters. The
+arithmetic is the same; only the rounding of batched sums differs.
 """
 
 from __future__ import annotations
