@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import ifval
 from ifval.errors import IfvalError
+from ifval.ground_truths.weights import removal_weights
 from ifval.kinds import GroundTruth, Model, Normalisation, TrainedBatch, TruthResult
 from ifval.settings import Real
 
@@ -77,12 +78,9 @@ class ExactOptimum(GroundTruth):
 
         values = np.empty((size, k))
         diagnostics: list[list[dict]] = []
-        denominator = float(n if params.normalisation == "original_n" else n - 1)
+        weights = removal_weights(points, n, params.normalisation, torch.float64)
         for b in range(size):
-            keep = torch.ones(k + 1, n, dtype=torch.float64)
-            keep[:k].scatter_(1, torch.as_tensor(points[b], dtype=torch.long)[:, None], 0.0)
-            keep[:k] /= denominator
-            keep[k] /= float(n)
+            keep = weights[b]
             decay = float(batch.weight_decay[b])
             theta, grad_norm, steps = newton(augmented[b], batch.y_train, keep,
                                              start[b].expand(k + 1, -1, -1).clone(), decay,

@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 import ifval
+from ifval.ground_truths.weights import removal_weights
 from ifval.kinds import GroundTruth, Model, Normalisation, TrainedBatch, TruthResult
 from ifval.settings import Plateau
 
@@ -80,10 +81,7 @@ class RetrainFromOptimum(GroundTruth):
         dtype = next(iter(batch.weights.values())).dtype
         # Row k of each model removes nothing: the same fine-tuning on all n
         # points, which measures the drift that does not come from a removal.
-        keep = torch.ones(size, k + 1, n, dtype=dtype)
-        keep[:, :k].scatter_(2, torch.as_tensor(points, dtype=torch.long)[..., None], 0.0)
-        keep[:, :k] /= float(n if params.normalisation == "original_n" else n - 1)
-        keep[:, k] /= float(n)
+        keep = removal_weights(points, n, params.normalisation, dtype)
 
         retrain = _LastLayerRetrain if params.layers == "last" else _AllLayerRetrain
         run = retrain(batch, keep)
