@@ -298,7 +298,7 @@ def main() -> None:
     import warnings
 
     # NOTE: torch 2.14's torch.func.hessian calls the deprecated torch.jit.script
-    # internally; the warning says nothing about ifval's use and is hidden here.
+    # internally; the warning concerns torch, not ifval's use, and is hidden here.
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated",
                             category=FutureWarning)
     cli(prog_name="ifval")

@@ -234,7 +234,7 @@ class GroundTruth(PluginBase):
     kind = "ground_truth"
 
     def normalisation(self, params: BaseModel) -> Normalisation:
-        """The retraining normalisation this ground truth uses."""
+        """Return the retraining normalisation this ground truth uses."""
         raise NotImplementedError
 
     def measure(
@@ -278,7 +278,7 @@ class Executor(PluginBase):
     kind = "executor"
 
     def runs_in_process(self, params: BaseModel) -> bool:
-        """Whether tasks run in the calling process, so callbacks may be passed to them."""
+        """Return whether tasks run in the calling process, so callbacks may be passed to them."""
         return False
 
     def run(

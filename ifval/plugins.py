@@ -272,5 +272,5 @@ def _short_repr(value: object, limit: int = 80) -> str:
 
 @lru_cache(maxsize=1)
 def default_catalog() -> Catalog:
-    """The catalog of all installed plugins, built once per process."""
+    """Return the catalog of all installed plugins, built once per process."""
     return Catalog(get_plugin_manager())

@@ -60,7 +60,7 @@ class PluginSpec(BaseModel):
 
 
 class Training(_Strict):
-    """How θ̂ is reached: full-batch Adam on (1/n) Σ ℓ_i + (w/2)‖θ‖²."""
+    """Training recipe that reaches θ̂: full-batch Adam on (1/n) Σ ℓ_i + (w/2)‖θ‖²."""
 
     optimizer: Literal["adam"] = Field("adam", description="Optimizer; Adam is the one built in.")
     lr: Real = Field(1e-3, gt=0, description="Initial learning rate.")
@@ -79,7 +79,7 @@ class Training(_Strict):
 
 
 class Points(_Strict):
-    """Which training points are checked in each trial."""
+    """Selection of the training points checked in each trial."""
 
     strategy: Literal["top_loss", "random", "all"] = Field(
         "top_loss",
@@ -110,7 +110,7 @@ class TrialPlots(_Strict):
 
 
 class Statistics(_Strict):
-    """What the report computes."""
+    """Settings of the statistics the report computes."""
 
     scores: list[str] | None = Field(
         None, description="Scorer labels to analyse; default all scorers of the protocol."
@@ -306,7 +306,7 @@ def validate_protocol(raw: dict[str, Any], source: str | None = None,
 
 
 def expand_conditions(protocol: Protocol) -> list[Condition]:
-    """Every combination of grid values and variants, in protocol order."""
+    """Expand every combination of grid values and variants, in protocol order."""
     return [condition for condition, _ in iter_conditions(protocol)]
 
 
@@ -334,7 +334,7 @@ def resolve_condition(config: dict[str, Any], catalog: Catalog | None = None) ->
 
 
 def factor_names(protocol: Protocol) -> list[str]:
-    """The ANOVA factors of the report, defaulted from the grid and variants."""
+    """Return the ANOVA factors of the report, defaulted from the grid and variants."""
     if protocol.statistics.factors is not None:
         return list(protocol.statistics.factors)
     names = list(protocol.grid)

@@ -37,7 +37,7 @@ def plan_batches(protocol: Protocol, conditions: list[Condition],
 
     Repetitions are cut into fixed chunks of ``batch_size`` and a chunk is
     always run whole, so a trial is computed in the same batch on a first run
-    and on a resumed one; the store keeps the first copy of a trial.
+    and on a resumed one. The store keeps the first copy of a trial.
     """
     tasks = []
     size = protocol.batch_size

@@ -192,7 +192,7 @@ class RunStore:
     # -- tables for analysis
 
     def scores_frame(self):  # type: ignore[no-untyped-def]
-        """One row per (trial, estimator, ground truth, scorer) with the condition's factors."""
+        """Read one row per (trial, estimator, ground truth, scorer) with its factors."""
         import pandas as pd
 
         frame = pd.read_sql_query(
@@ -203,7 +203,7 @@ class RunStore:
         return _expand_factors(frame)
 
     def points_frame(self):  # type: ignore[no-untyped-def]
-        """One row per checked point and (estimator, ground truth) with estimate and truth."""
+        """Read one row per checked point and (estimator, ground truth) with estimate and truth."""
         import pandas as pd
 
         frame = pd.read_sql_query(
@@ -221,7 +221,7 @@ class RunStore:
         return _expand_factors(frame)
 
     def trials_frame(self):  # type: ignore[no-untyped-def]
-        """One row per trial with its training summary and timings as columns."""
+        """Read one row per trial with its training summary and timings as columns."""
         import pandas as pd
 
         frame = pd.read_sql_query(
@@ -236,7 +236,7 @@ class RunStore:
 
 
 def _hashable(value: Any) -> Any:
-    """A factor level usable as a table key: mappings and lists become compact JSON."""
+    """Make a factor level usable as a table key: mappings and lists become compact JSON."""
     if isinstance(value, dict | list):
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
     return value

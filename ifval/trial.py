@@ -2,7 +2,7 @@
 
 A batch is the repetitions of one condition trained side by side as stacked
 models. Every repetition keeps its own seed and yields its own record, as if
-it had run alone; the run store saves records one trial at a time.
+it had run alone. The run store saves records one trial at a time.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BatchTask:
-    """What an executor ships to a worker: a condition's configuration and repetitions."""
+    """Unit of work an executor ships to a worker: a condition's configuration and repetitions."""
 
     condition_id: str
     config: dict[str, Any]

@@ -113,7 +113,7 @@ repetitions: 1
 
 
 def test_estimator_error_names_condition_and_label(tmp_path):
-    """Without decay or damping the last-layer Hessian is singular; the error says where."""
+    """Without decay or damping the last-layer Hessian is singular, and the error names where."""
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY)
     result = ifval("run", str(path), "-o", str(tmp_path / "run"))

@@ -164,7 +164,7 @@ def newton(features: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor,
 
 
 def _line_search(features, labels, keep, theta, direction, grad, decay):  # type: ignore[no-untyped-def]
-    """Backtrack each problem's step until the Armijo condition holds (at most 30 halvings)."""
+    """Backtrack each problem's step until it meets the Armijo condition (at most 30 halvings)."""
     import torch
 
     current = objective(features, labels, keep, theta, decay)

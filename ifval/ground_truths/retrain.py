@@ -57,7 +57,7 @@ class RetrainFromOptimum(GroundTruth):
 
     Each retrain uses a fresh Adam optimizer (and, when set, a plateau
     schedule of its own) on the training objective without point i, weight
-    decay included. One extra retrain per model removes nothing; its change in
+    decay included. One extra retrain per model removes nothing. Its change in
     test loss (``baseline_drift`` in the diagnostics) shows how far the
     fine-tuning moves θ̂ on its own, for example when θ̂ was not an optimum. Diagnostics per
     retrain: the final gradient norm of that objective, its change over the
