@@ -116,13 +116,49 @@ class Model(PluginBase):
         """Input of the last layer, shape ``(B, n, h)``, for inputs ``x`` of shape ``(n, d)``."""
         raise NotImplementedError
 
+    def head(
+        self, params: BaseModel, weights: Mapping[str, torch.Tensor], feats: torch.Tensor
+    ) -> torch.Tensor:
+        """Apply the last layer to its inputs ``feats`` ``(B, n, h)`` from :meth:`features`.
+
+        The default is the affine map to logits ``(B, n, C)``. A model whose
+        output is not plain logits (a Bayesian network's means and variances,
+        say) overrides this, :meth:`loss` and :meth:`predict` together.
+        """
+        weight_name, bias_name = self.last_layer_names(params)
+        return feats @ weights[weight_name] + weights[bias_name][:, None, :]
+
     def forward(
         self, params: BaseModel, weights: Mapping[str, torch.Tensor], x: torch.Tensor
     ) -> torch.Tensor:
-        """Logits of shape ``(B, n, C)``."""
-        weight_name, bias_name = self.last_layer_names(params)
-        feats = self.features(params, weights, x)
-        return feats @ weights[weight_name] + weights[bias_name][:, None, :]
+        """Output of shape ``(B, n, C')``: logits unless :meth:`head` says otherwise."""
+        return self.head(params, weights, self.features(params, weights, x))
+
+    def predict(self, params: BaseModel, output: torch.Tensor) -> torch.Tensor:
+        """Predicted class ``(B, n)`` of outputs from :meth:`forward`; the default is the argmax."""
+        return output.argmax(dim=-1)
+
+    def penalty(
+        self, params: BaseModel, weights: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor | None:
+        """Return a parameter-only term of each model's objective, shape ``(B,)``, or None.
+
+        The term is added to the data term in training and in every retrain,
+        and estimators include its Hessian, as they do for weight decay (which
+        the optimizer adds and is not part of this term). A Bayesian network's
+        KL divergence to its prior belongs here. The default has none.
+        """
+        return None
+
+    @property
+    def has_affine_head(self) -> bool:
+        """Whether :meth:`head`, :meth:`loss` and :meth:`penalty` are the defaults.
+
+        Fast paths that write the softmax cross-entropy out by hand, and the
+        exact convex optimum, apply only then.
+        """
+        cls = type(self)
+        return cls.head is Model.head and cls.loss is Model.loss and cls.penalty is Model.penalty
 
     def loss(self, params: BaseModel, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample loss ℓ, shape ``(B, n)``, of outputs ``(B, n, C)`` and labels ``(n,)``.
@@ -139,7 +175,7 @@ class Model(PluginBase):
     def objective(
         self, params: BaseModel, x: torch.Tensor, y: torch.Tensor, sample_weights: torch.Tensor
     ):  # type: ignore[no-untyped-def]
-        """Return a ``ValueAndGrad`` of the data term Σ_i a_bi ℓ(z_i, θ_b) of each model.
+        """Return a ``ValueAndGrad`` of Σ_i a_bi ℓ(z_i, θ_b) + :meth:`penalty` of each model.
 
         ``sample_weights`` ``a`` has shape ``(B, n)``: 1/n everywhere for the
         training objective, zero at removed points for a retrain. The default
@@ -150,7 +186,9 @@ class Model(PluginBase):
 
         def data_term(weights):  # type: ignore[no-untyped-def]
             losses = self.loss(params, self.forward(params, weights, x), y)
-            return (losses * sample_weights).sum(dim=1)
+            total = (losses * sample_weights).sum(dim=1)
+            penalty = self.penalty(params, weights)
+            return total if penalty is None else total + penalty
 
         return autograd_value_and_grad(data_term)
 

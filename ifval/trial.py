@@ -180,7 +180,8 @@ def _training_summary(batch, fit_result, b: int) -> dict[str, Any]:  # type: ign
         train_out = batch.model.forward(batch.model_params, single, batch.x_train)
         test_out = batch.model.forward(batch.model_params, single, batch.x_test)
         test_loss = batch.model.loss(batch.model_params, test_out, batch.y_test).mean()
-        accuracy = (train_out[0].argmax(-1) == batch.y_train).double().mean()
+        predicted = batch.model.predict(batch.model_params, train_out)[0]
+        accuracy = (predicted == batch.y_train).double().mean()
     return {
         "final_train_loss": float(fit_result.final_loss[b]),
         "train_accuracy": float(accuracy),

@@ -30,12 +30,13 @@ class ExactParams(BaseModel):
 class Exact(Estimator):
     """Δ̂_i = (1/n) g_testᵀ (H + λI)⁻¹ g_i, built and solved in float64.
 
-    H is the Hessian of (1/n) Σ ℓ_j + (w/2)‖θ‖² over the parameters in scope
-    (Koh & Liang 2017, eq. 2 with ε = −1/n). For the ``remaining``
-    normalisation, a retrain on the mean over the n − 1 other points, the
-    prediction is (1/(n−1)) g_testᵀ (H + λI)⁻¹ (g_i + w θ̂), which adds the
-    w θ̂ term of the optimality condition (1/n) Σ g_j = −w θ̂. With several
-    test points, g_test is the gradient of their mean loss.
+    H is the Hessian of (1/n) Σ ℓ_j + (w/2)‖θ‖² + R(θ) over the parameters in
+    scope (Koh & Liang 2017, eq. 2 with ε = −1/n), where R is the model's
+    penalty (zero for most models). For the ``remaining`` normalisation, a
+    retrain on the mean over the n − 1 other points, the prediction is
+    (1/(n−1)) g_testᵀ (H + λI)⁻¹ (g_i + w θ̂ + ∇R(θ̂)), which adds the term of
+    the optimality condition (1/n) Σ g_j = −(w θ̂ + ∇R(θ̂)). With several test
+    points, g_test is the gradient of their mean loss.
     """
 
     name = "exact"
@@ -72,6 +73,11 @@ class Exact(Estimator):
 
         theta = problem.theta
         hess = hessian(mean_train_loss)(theta)
+        # ∇ of the parameter-only part of the objective at θ̂: w θ̂ plus the model's penalty.
+        regulariser_grad = decay * theta
+        if problem.penalty is not None:
+            hess = hess + hessian(problem.penalty)(theta)
+            regulariser_grad = regulariser_grad + grad(problem.penalty)(theta)
         size = theta.numel()
         system = hess + (decay + params.damping) * torch.eye(size, dtype=theta.dtype)
         system = 0.5 * (system + system.T)
@@ -94,7 +100,7 @@ class Exact(Estimator):
         if normalisation == "original_n":
             values = grads @ solved / n
         else:
-            values = (grads + decay * theta) @ solved / (n - 1)
+            values = (grads + regulariser_grad) @ solved / (n - 1)
         details = {"parameters": size, "scope": params.scope, "damping": params.damping,
                    "min_eigenvalue": smallest, "max_eigenvalue": largest}
         return values.detach().numpy(), details

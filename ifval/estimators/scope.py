@@ -24,12 +24,15 @@ class FlatProblem:
 
     ``loss(theta, inputs, labels)`` returns per-sample losses for ``inputs``
     (last-layer features or raw inputs, whichever ``inputs_train`` holds).
+    ``penalty(theta)``, when the model has one (see ``Model.penalty``), is
+    the scalar parameter-only term of the objective; weight decay is not in it.
     """
 
     theta: torch.Tensor
     loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     inputs_train: torch.Tensor
     inputs_test: torch.Tensor
+    penalty: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def scope_names(batch: TrainedBatch, scope: Scope) -> list[str]:
@@ -61,21 +64,24 @@ def flat_problem(batch: TrainedBatch, index: int, scope: Scope) -> FlatProblem:
             weights[name] = chunk.reshape(1, *shape)
         return weights
 
+    penalty = None
+    if model.penalty(params, single) is not None:
+        def penalty(flat: torch.Tensor) -> torch.Tensor:
+            return model.penalty(params, unflatten(flat))[0]
+
     if scope == "all":
         def loss(flat: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             weights = unflatten(flat)
             return model.loss(params, model.forward(params, weights, inputs), labels)[0]
 
-        return FlatProblem(theta, loss, x_train, x_test)
+        return FlatProblem(theta, loss, x_train, x_test, penalty)
 
-    weight_name, bias_name = model.last_layer_names(params)
     with torch.no_grad():
         feats_train = model.features(params, single, x_train)[0]
         feats_test = model.features(params, single, x_test)[0]
 
     def head_loss(flat: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        weights = unflatten(flat)
-        logits = inputs @ weights[weight_name][0] + weights[bias_name][0]
-        return model.loss(params, logits[None], labels)[0]
+        output = model.head(params, unflatten(flat), inputs[None])
+        return model.loss(params, output, labels)[0]
 
-    return FlatProblem(theta, head_loss, feats_train, feats_test)
+    return FlatProblem(theta, head_loss, feats_train, feats_test, penalty)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import ifval
 from ifval.errors import IfvalError
 from ifval.ground_truths.weights import removal_weights
-from ifval.kinds import GroundTruth, Model, Normalisation, TrainedBatch, TruthResult
+from ifval.kinds import GroundTruth, Normalisation, TrainedBatch, TruthResult
 from ifval.settings import Real
 
 if TYPE_CHECKING:
@@ -105,9 +105,10 @@ class ExactOptimum(GroundTruth):
 
     @staticmethod
     def _check_convex(batch: TrainedBatch) -> None:
-        if type(batch.model).loss is not Model.loss:
-            msg = (f"ground truth 'exact_optimum' needs the cross-entropy loss, but model "
-                   f"{batch.model.name!r} defines its own; use retrain_from_optimum")
+        if not batch.model.has_affine_head:
+            msg = (f"ground truth 'exact_optimum' needs an affine last layer with the "
+                   f"cross-entropy loss and no extra penalty, but model {batch.model.name!r} "
+                   f"defines its own head, loss or penalty; use retrain_from_optimum")
             raise IfvalError(msg)
         decays = batch.weight_decay.tolist()
         if min(decays) <= 0:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import ifval
 from ifval.ground_truths.weights import removal_weights
-from ifval.kinds import GroundTruth, Model, Normalisation, TrainedBatch, TruthResult
+from ifval.kinds import GroundTruth, Normalisation, TrainedBatch, TruthResult
 from ifval.settings import Plateau
 
 if TYPE_CHECKING:
@@ -165,15 +165,21 @@ class _LastLayerRetrain(_Retrain):
 
         super().__init__(batch, keep)
         model, params = batch.model, batch.model_params
-        weight_name, bias_name = model.last_layer_names(params)
-        self.hidden, self.classes = batch.weights[weight_name].shape[1:]
+        self.weight_name, self.bias_name = model.last_layer_names(params)
+        self.hidden, self.classes = batch.weights[self.weight_name].shape[1:]
+        self.affine = model.has_affine_head
         with torch.no_grad():
             self.feats_train = model.features(params, batch.weights, batch.x_train)
             self.feats_test = model.features(params, batch.weights, batch.x_test)
         self.start = {
-            "weight": batch.weights[weight_name].repeat_interleave(self.k, dim=0),
-            "bias": batch.weights[bias_name].repeat_interleave(self.k, dim=0),
+            "weight": batch.weights[self.weight_name].repeat_interleave(self.k, dim=0),
+            "bias": batch.weights[self.bias_name].repeat_interleave(self.k, dim=0),
         }
+        # A model with its own head, loss or penalty goes through them with
+        # autograd; the parameters outside the last layer stay fixed at θ̂.
+        self.fixed = {name: w.repeat_interleave(self.k, dim=0)
+                      for name, w in batch.weights.items()
+                      if name not in (self.weight_name, self.bias_name)}
 
     def _class_major(self, weights: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B·k, h, C)`` and ``(B·k, C)`` → ``(B, C·k, h)`` and ``(B, C·k, 1)``."""
@@ -191,12 +197,22 @@ class _LastLayerRetrain(_Retrain):
         logits = torch.baddbmm(bias, weight, feats.transpose(1, 2))
         return logits.reshape(self.size, self.classes, self.k, -1)
 
+    def _full_weights(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every parameter of the ``B·k`` retrains: fixed layers plus the trained last layer."""
+        return {**self.fixed, self.weight_name: weights["weight"],
+                self.bias_name: weights["bias"]}
+
     def _losses(self, weights: dict[str, torch.Tensor], on_test: bool) -> torch.Tensor:
         """Per-sample losses of shape ``(B·k, n)``."""
         batch = self.batch
+        labels = batch.y_test if on_test else batch.y_train
+        if not self.affine:
+            feats = (self.feats_test if on_test else self.feats_train)
+            output = batch.model.head(batch.model_params, self._full_weights(weights),
+                                      feats.repeat_interleave(self.k, dim=0))
+            return batch.model.loss(batch.model_params, output, labels)
         logits = self._logits(weights, on_test).permute(0, 2, 3, 1)
         flat = logits.reshape(self.size * self.k, -1, self.classes)
-        labels = batch.y_test if on_test else batch.y_train
         return batch.model.loss(batch.model_params, flat, labels)
 
     def test_loss(self, weights: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -208,9 +224,15 @@ class _LastLayerRetrain(_Retrain):
         from ifval.training.fit import autograd_value_and_grad
 
         sample_weights = self.keep.reshape(self.size * self.k, -1)
-        if type(self.batch.model).loss is not Model.loss:
-            return autograd_value_and_grad(
-                lambda weights: (self._losses(weights, False) * sample_weights).sum(dim=1))
+        if not self.affine:
+            model, model_params = self.batch.model, self.batch.model_params
+
+            def objective(weights):  # type: ignore[no-untyped-def]
+                total = (self._losses(weights, False) * sample_weights).sum(dim=1)
+                penalty = model.penalty(model_params, self._full_weights(weights))
+                return total if penalty is None else total + penalty
+
+            return autograd_value_and_grad(objective)
 
         size, k, hidden, classes = self.size, self.k, self.hidden, self.classes
         one_hot = torch.nn.functional.one_hot(self.batch.y_train, classes).to(self.keep.dtype)

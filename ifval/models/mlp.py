@@ -92,8 +92,14 @@ class MLP(Model):
         return hidden
 
     def objective(self, params: MLPParams, x, y, sample_weights):  # type: ignore[no-untyped-def,override]
-        """Cross-entropy data term with hand-written backpropagation (checked against autograd)."""
+        """Cross-entropy data term with hand-written backpropagation (checked against autograd).
+
+        A subclass with its own loss, head or penalty gets the autograd objective instead.
+        """
         import torch
+
+        if not self.has_affine_head:
+            return super().objective(params, x, y, sample_weights)
 
         act = activation_function(params.activation)
         classes = None
