@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ifval.errors import IfvalError, ProtocolError
 from ifval.plugins import Catalog, default_catalog
-from ifval.settings import Plateau, Real
+from ifval.settings import SWA, Plateau, Real
 
 VARIANT_FACTOR = "variant"
 """Factor name under which a condition's variant is recorded."""
@@ -71,6 +71,11 @@ class Training(_Strict):
     betas: tuple[Real, Real] = Field((0.9, 0.999), description="Adam's β₁ and β₂.")
     eps: Real = Field(1e-8, gt=0, description="Adam's ε.")
     plateau: Plateau | None = Field(None, description="ReduceLROnPlateau settings; null for none.")
+    swa: SWA | None = Field(
+        None,
+        description="Stochastic weight averaging; θ̂ is the average. The plateau schedule "
+        "stops when averaging starts. Null for none.",
+    )
     dtype: Literal["float64", "float32"] = Field(
         "float64",
         description="Floating-point type of training and retraining. float64 keeps the "

@@ -156,6 +156,7 @@ def _train(resolved: ResolvedCondition, split, seeds, dtype, progress):  # type:
         plateau_patience=plateau.patience if plateau else 0,
         plateau_threshold=plateau.threshold if plateau else 0.0,
         plateau_min_lr=plateau.min_lr if plateau else 0.0,
+        swa=training.swa,
     )
     result = fit(weights, data_term, settings,
                  on_epoch=epoch_reporter(progress, "training", training.epochs))
@@ -188,6 +189,7 @@ def _training_summary(batch, fit_result, b: int) -> dict[str, Any]:  # type: ign
         "test_loss": float(test_loss),
         "final_lr": float(fit_result.final_lr[b]),
         "lr_reductions": int(fit_result.lr_reductions[b]),
+        "swa_snapshots": fit_result.swa_snapshots,
         "history_epochs": list(fit_result.history_epochs),
         "history_loss": [float(loss[b]) for loss in fit_result.history_loss],
     }

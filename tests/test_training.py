@@ -142,3 +142,78 @@ def test_plateau_counts_like_torch():
         scheduler.step(metric)
         plateau.step(torch.tensor([metric]))
         assert float(batched.lr[0]) == reference.param_groups[0]["lr"]
+
+
+def swa_reference(weights, x, y, epochs, lr, decay, swa):
+    """One model trained alone with Adam, then ``AveragedModel`` and ``SWALR`` from torch.
+
+    Also returns the snapshots averaged, to check the average by hand.
+    """
+    from torch.optim.swa_utils import SWALR, AveragedModel
+
+    layers = torch.nn.Sequential(torch.nn.Linear(4, 6, dtype=torch.float64), torch.nn.SELU(),
+                                 torch.nn.Linear(6, 3, dtype=torch.float64))
+    with torch.no_grad():
+        for index, name in ((0, "layers.0"), (2, "out")):
+            layers[index].weight.copy_(weights[f"{name}.weight"].T)
+            layers[index].bias.copy_(weights[f"{name}.bias"])
+    optimizer = torch.optim.Adam(layers.parameters(), lr=lr, weight_decay=decay)
+    averaged = AveragedModel(layers)
+    start = int(swa.start * epochs)
+    scheduler = None
+    snapshots = []
+    for epoch in range(epochs):
+        if epoch == start:
+            scheduler = SWALR(optimizer, swa_lr=swa.lr, anneal_epochs=swa.anneal_epochs,
+                              anneal_strategy=swa.anneal_strategy)
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(layers(x), y).backward()
+        optimizer.step()
+        if scheduler is not None:
+            if (epoch - start) % swa.frequency == 0:
+                averaged.update_parameters(layers)
+                snapshots.append(layers[2].weight.detach().T.clone())
+            scheduler.step()
+    return averaged.module[2].weight.detach().T, averaged.module[0].weight.detach().T, snapshots
+
+
+def test_swa_matches_torch_swa_utils(iris_split):
+    from ifval.settings import SWA
+
+    x = torch.tensor(iris_split.x_train)
+    y = torch.tensor(iris_split.y_train)
+    swa = SWA(start=0.6, lr=0.002, anneal_epochs=20, frequency=3)
+    model, params, weights = stacked_models([7, 8])
+    settings = FitSettings(epochs=300, lr=0.01, weight_decay=torch.full((2,), 0.005), swa=swa)
+
+    result = fit(weights, data_term(model, params, x, y, 2), settings)
+    expected_snapshots = len(range(180, 300, 3))
+    assert result.swa_snapshots == expected_snapshots
+    for b in range(2):
+        alone = {k: v[b] for k, v in weights.items()}
+        out_weight, hidden_weight, snapshots = swa_reference(alone, x, y, 300, 0.01, 0.005, swa)
+        assert len(snapshots) == expected_snapshots
+        torch.testing.assert_close(torch.stack(snapshots).mean(dim=0), out_weight, rtol=1e-12,
+                                   atol=1e-12)
+        torch.testing.assert_close(result.weights["out.weight"][b], out_weight,
+                                   rtol=TOLERANCE, atol=TOLERANCE)
+        torch.testing.assert_close(result.weights["layers.0.weight"][b], hidden_weight,
+                                   rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def test_swa_average_differs_from_last_iterate(iris_split):
+    from ifval.settings import SWA
+
+    x = torch.tensor(iris_split.x_train)
+    y = torch.tensor(iris_split.y_train)
+    model, params, weights = stacked_models([1])
+    base = FitSettings(epochs=200, lr=0.05, weight_decay=torch.zeros(1))
+    plain = fit(weights, data_term(model, params, x, y, 1), base)
+    averaged = fit(weights, data_term(model, params, x, y, 1),
+                   FitSettings(epochs=200, lr=0.05, weight_decay=torch.zeros(1),
+                               swa=SWA(start=0.5, lr=0.05, anneal_epochs=0)))
+    # Same learning rate throughout, so the iterates match until averaging;
+    # the average of the last 100 iterates is not the last iterate.
+    gap = (plain.weights["out.weight"] - averaged.weights["out.weight"]).abs().max()
+    assert gap > 1e-4
+    assert averaged.swa_snapshots == 100

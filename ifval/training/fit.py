@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ifval.settings import SWA
 from ifval.training.optim import BatchedAdam, BatchedPlateau
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class FitSettings:
     plateau_min_lr: float = 0.0
     records: int = 100
     """How many evenly spaced epochs the history keeps."""
+    swa: SWA | None = None
+    """Stochastic weight averaging; the averaged parameters are returned."""
 
 
 @dataclass
@@ -68,6 +71,8 @@ class FitResult:
     history_probe: list[torch.Tensor] = field(default_factory=list)
     loss_window_start: torch.Tensor | None = None
     """Loss at 90% of the epochs, to report the change over the last tenth."""
+    swa_snapshots: int = 0
+    """How many parameter snapshots the SWA average holds (0 without SWA)."""
 
 
 PROGRESS_UPDATES = 200
@@ -114,7 +119,8 @@ def fit(
     extra dimensions after the model dimension when no plateau scheduler is
     used. ``probe`` (for example the test loss) is recorded
     beside the loss in the history. Epoch ``e`` of the history is the state
-    after ``e`` optimizer steps.
+    after ``e`` optimizer steps; with SWA the last entry is the average, the
+    others are the iterates.
     """
     names = list(weights)
     params = [weights[name].detach().clone() for name in names]
@@ -135,17 +141,28 @@ def fit(
     def as_dict() -> dict[str, torch.Tensor]:
         return dict(zip(names, params, strict=True))
 
+    averager = _Averager(settings.swa, settings.epochs, params) if settings.swa else None
     for epoch in range(settings.epochs):
-        need_value = scheduler is not None or epoch in kept or epoch == window_epoch
+        averaging = averager is not None and epoch >= averager.start_epoch
+        if averaging:
+            averager.set_lr(optimizer, epoch)
+        need_value = (scheduler is not None and not averaging) or epoch in kept \
+            or epoch == window_epoch
         values, grads = value_and_grad(as_dict(), need_value)
         if need_value:
             _remember(result, epoch, kept, window_epoch, values, probe, as_dict)
         optimizer.step([grads[name] for name in names])
-        if scheduler is not None:
+        if averaging:
+            averager.update(params, epoch)
+        elif scheduler is not None:
             scheduler.step(values)
         if on_epoch is not None:
             on_epoch(epoch)
 
+    if averager is not None and averager.snapshots > 0:
+        for param, average in zip(params, averager.averages, strict=True):
+            param.copy_(average)
+        result.swa_snapshots = averager.snapshots
     final, _ = value_and_grad(as_dict(), True)
     _remember(result, settings.epochs, kept, window_epoch, final, probe, as_dict)
     result.weights = dict(zip(names, params, strict=True))
@@ -174,3 +191,50 @@ def _remember(
     if probe is not None:
         with torch.no_grad():
             result.history_probe.append(probe(as_dict()).detach())
+
+
+class _Averager:
+    """SWA for stacked models: SWALR's learning-rate annealing and an equal-weight running mean.
+
+    The running mean uses ``torch.optim.swa_utils.get_swa_multi_avg_fn``, the
+    update behind ``AveragedModel``; as it works elementwise, each model of
+    the stack gets the average of its own snapshots.
+    """
+
+    def __init__(self, swa: SWA, epochs: int, params: list[torch.Tensor]) -> None:
+        from torch.optim.swa_utils import get_swa_multi_avg_fn
+
+        self.swa = swa
+        self.start_epoch = int(swa.start * epochs)
+        self.averages = [p.detach().clone() for p in params]
+        self.snapshots = 0
+        self.start_lr: torch.Tensor | None = None
+        self.average_fn = get_swa_multi_avg_fn()
+
+    def set_lr(self, optimizer: BatchedAdam, epoch: int) -> None:
+        """Set each model's rate to swa_lr·α + lr₀·(1 − α), α the annealing at this step.
+
+        lr₀ is the model's rate when averaging started; α follows SWALR's
+        cosine (1 − cos πt)/2 or linear t, with t = step / anneal_epochs ∈ [0, 1].
+        """
+        import math
+
+        if self.start_lr is None:
+            self.start_lr = optimizer.lr.clone()
+        step = epoch - self.start_epoch
+        if self.swa.anneal_epochs == 0:
+            step = max(1, step)
+        t = max(0.0, min(1.0, step / max(1, self.swa.anneal_epochs)))
+        alpha = (1 - math.cos(math.pi * t)) / 2 if self.swa.anneal_strategy == "cos" else t
+        optimizer.lr = self.swa.lr * alpha + self.start_lr * (1 - alpha)
+
+    @torch.no_grad()
+    def update(self, params: list[torch.Tensor], epoch: int) -> None:
+        if (epoch - self.start_epoch) % self.swa.frequency != 0:
+            return
+        if self.snapshots == 0:
+            for average, param in zip(self.averages, params, strict=True):
+                average.copy_(param)
+        else:
+            self.average_fn(self.averages, [p.detach() for p in params], self.snapshots)
+        self.snapshots += 1
