@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from ifval.training.fit import FitSettings
+
 Normalisation = Literal["original_n", "remaining"]
 """Normalisation of a retrain's data term after points are removed.
 
@@ -215,6 +217,8 @@ class TrainedBatch:
     seeds: list[int]
     progress: Callable[[str, int, int], None] | None = None
     """Receives (stage, steps done, steps in the stage) from long stages; may be None."""
+    training: FitSettings | None = None
+    """The optimizer settings that reached θ̂, for ground truths that train from scratch."""
 
     def report(self, stage: str, done: int, total: int) -> None:
         """Pass progress of a long stage (for example a retrain's epochs) to the caller."""

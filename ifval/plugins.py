@@ -30,6 +30,7 @@ BUILTIN_MODULES = {
     "exact": "ifval.estimators.exact",
     "retrain_from_optimum": "ifval.ground_truths.retrain",
     "exact_optimum": "ifval.ground_truths.exact_optimum",
+    "retrain_from_scratch": "ifval.ground_truths.scratch",
     "correlation": "ifval.scorers.correlation",
     "topk": "ifval.scorers.topk",
     "local": "ifval.executors.local",

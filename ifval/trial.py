@@ -161,7 +161,7 @@ def _train(resolved: ResolvedCondition, split, seeds, dtype, progress):  # type:
     result = fit(weights, data_term, settings,
                  on_epoch=epoch_reporter(progress, "training", training.epochs))
     batch = TrainedBatch(model, model_params, result.weights, x_train, y_train, x_test, y_test,
-                         decay, list(seeds), progress)
+                         decay, list(seeds), progress, settings)
     return batch, result
 
 
