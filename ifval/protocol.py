@@ -157,6 +157,11 @@ class Statistics(_Strict):
         0.05, gt=0, lt=1,
         description="Significance level of the verdicts, Levene's test and post-hoc tests.",
     )
+    exclude_basin_jumps: bool = Field(
+        False,
+        description="Leave out the scores of a trial against a ground truth when one of its "
+        "retrains left its basin (diagnostic `basin_jump`). Counts are reported either way.",
+    )
     trial_plots: TrialPlots = Field(
         default_factory=TrialPlots,
         description="Trials plotted with estimated and true changes against rank.",

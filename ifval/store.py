@@ -220,6 +220,22 @@ class RunStore:
             self.connection)
         return _expand_factors(frame)
 
+    def truths_frame(self):  # type: ignore[no-untyped-def]
+        """Read one row per (trial, ground truth, checked point) with its parsed diagnostics.
+
+        The ``diagnostics`` column holds each point's dictionary as the
+        ground truth recorded it.
+        """
+        import pandas as pd
+
+        frame = pd.read_sql_query(
+            "SELECT tr.trial_id, t.condition_id, t.repetition, c.factors, tr.ground_truth, "
+            "tr.position, tr.value AS truth, tr.diagnostics FROM truths tr "
+            "JOIN trials t USING (trial_id) JOIN conditions c USING (condition_id) "
+            "ORDER BY c.position, t.repetition, tr.ground_truth, tr.position", self.connection)
+        frame["diagnostics"] = [json.loads(v) for v in frame["diagnostics"]]
+        return _expand_factors(frame)
+
     def trials_frame(self):  # type: ignore[no-untyped-def]
         """Read one row per trial with its training summary and timings as columns."""
         import pandas as pd

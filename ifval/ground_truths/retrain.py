@@ -44,6 +44,11 @@ class RetrainParams(BaseModel):
     plateau: Plateau | None = Field(
         None, description="ReduceLROnPlateau on each retrain's objective; null keeps lr fixed."
     )
+    basin_tolerance: float = Field(
+        0.1, gt=0,
+        description="Flag a retrain as having left its basin (`basin_jump`) when its objective "
+        "rises above the starting value by more than this fraction at a recorded epoch.",
+    )
     baseline: Literal["optimum", "retrained"] = Field(
         "optimum",
         description="Test loss subtracted from each retrain's: `optimum` uses ℓ(z_test, θ̂); "
@@ -96,7 +101,7 @@ class RetrainFromOptimum(GroundTruth):
         reference = base if params.baseline == "optimum" else final[:, k]
         values = (final[:, :k] - reference[:, None]).numpy()
 
-        diagnostics = run.diagnostics(result)
+        diagnostics = run.diagnostics(result, params.basin_tolerance)
         for b, row in enumerate(diagnostics):
             row.pop()
             for entry in row:
@@ -136,7 +141,7 @@ class _Retrain:
         on_epoch = epoch_reporter(self.batch.progress, "retraining", params.epochs)
         return fit(self.start, self.objective(), settings, probe=self.test_loss, on_epoch=on_epoch)
 
-    def diagnostics(self, result: FitResult) -> list[list[dict]]:
+    def diagnostics(self, result: FitResult, basin_tolerance: float) -> list[list[dict]]:
         import torch
 
         _, grads = self.objective()(result.weights, False)
@@ -147,7 +152,7 @@ class _Retrain:
             squared = squared + (grads[name] + decay * weight).flatten(1).pow(2).sum(dim=1)
             moved = moved + (weight - self.start[name]).flatten(1).pow(2).sum(dim=1)
         return _diagnostics_table(result, torch.sqrt(squared), torch.sqrt(moved), self.size,
-                                  self.k)
+                                  self.k, basin_tolerance)
 
 
 class _LastLayerRetrain(_Retrain):
@@ -282,14 +287,32 @@ class _AllLayerRetrain(_Retrain):
                                      sample_weights)
 
 
+def objective_rise(result: FitResult) -> torch.Tensor:
+    """Largest rise of each retrain's objective above its starting value, relative to that value.
+
+    A descent that starts in a minimum's basin and stays there never climbs
+    much, so a large rise means the retrain left the basin it started in,
+    the sudden jumps in the retraining curves of Epifano et al. (Figure 5).
+    Adam's first steps move every coordinate by about the learning rate
+    whatever the gradient, so small rises are normal.
+    """
+    import torch
+
+    objective = torch.stack([v.reshape(-1) for v in result.history_objective], dim=1)
+    start = objective[:, :1]
+    rise = (objective - start).amax(dim=1).clamp(min=0.0)
+    return rise / start[:, 0].abs().clamp(min=torch.finfo(objective.dtype).tiny)
+
+
 def _diagnostics_table(result: FitResult, grad_norm: torch.Tensor, distance: torch.Tensor,
-                       size: int, k: int) -> list[list[dict]]:
+                       size: int, k: int, basin_tolerance: float) -> list[list[dict]]:
     import torch
 
     final = result.final_loss.reshape(-1)
     window = result.loss_window_start
     change = final - window.reshape(-1) if window is not None else torch.zeros_like(final)
     trajectory = torch.stack([p.reshape(-1) for p in result.history_probe], dim=1)
+    rise = objective_rise(result)
     table = []
     for b in range(size):
         row = []
@@ -299,6 +322,8 @@ def _diagnostics_table(result: FitResult, grad_norm: torch.Tensor, distance: tor
                 "grad_norm": float(grad_norm[r]),
                 "loss_change_last_tenth": float(change[r]),
                 "distance_from_optimum": float(distance[r]),
+                "objective_rise": float(rise[r]),
+                "basin_jump": bool(rise[r] > basin_tolerance),
                 "trajectory_epochs": list(result.history_epochs),
                 "trajectory_test_loss": trajectory[r].tolist(),
             })

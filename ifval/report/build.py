@@ -13,6 +13,7 @@ import pandas as pd
 from ifval.errors import IfvalError, UnknownPluginError
 from ifval.protocol import Protocol, factor_names
 from ifval.report.plots import RankedPair
+from ifval.report.retrains import basin_flags, basin_table, flagged_pairs, trajectory_picks
 from ifval.report.tables import DisplayTable, display_tables
 from ifval.stats import RESULT_KEYS, Analysis, AnalysisOptions, analyse
 from ifval.store import RunStore
@@ -41,6 +42,9 @@ class Report:
     scorers: pd.DataFrame
     measures: Analysis | None = None
     ranked: list[RankedPair] = field(default_factory=list)
+    retraining: list[tuple[str, str]] = field(default_factory=list)
+    """(trial id, ground truth) pairs whose retraining trajectories are plotted."""
+    truths: pd.DataFrame | None = None
     files: list[Path] = field(default_factory=list)
 
     @property
@@ -64,10 +68,14 @@ def build_report(run_dir: str | Path, write: bool = True) -> Report:
         scores = store.scores_frame()
         trials = store.trials_frame()
         points = store.points_frame()
+        truths = store.truths_frame()
     statistics = protocol.statistics
     if statistics.scores:
         scores = scores[scores["scorer"].isin(statistics.scores)]
     factors = factor_names(protocol)
+    flags = basin_flags(truths)
+    if statistics.exclude_basin_jumps:
+        scores = _without_basin_jumps(scores, flags)
     options = analysis_options(protocol)
 
     if scores.empty:
@@ -75,6 +83,9 @@ def build_report(run_dir: str | Path, write: bool = True) -> Report:
     else:
         analysis = analyse(scores, factors, RESULT_KEYS, "value", options, reason="reason")
     tables = display_tables(analysis, protocol.name, "score", "scorer")
+    basin = basin_table(flags, factors)
+    if basin is not None:
+        tables.append(basin)
     measures = None
     if statistics.measures and not trials.empty:
         frame = measure_frame(trials, statistics.measures, factors)
@@ -85,6 +96,9 @@ def build_report(run_dir: str | Path, write: bool = True) -> Report:
                     scorer_table(protocol), measures)
     if not scores.empty:
         report.ranked = ranked_pairs(protocol, scores, points, factors)
+        worst = _worst(protocol, scores, _plot_scorer(protocol, scores), 3)
+        report.retraining = trajectory_picks(truths, flags, [(t, g) for t, _, g in worst])
+    report.truths = truths
     if write and not analysis.cells.empty:
         _write(report, protocol)
     return report
@@ -174,7 +188,7 @@ def ranked_pairs(protocol: Protocol, scores: pd.DataFrame, points: pd.DataFrame,
         combos = scores.loc[scores["trial_id"] == trial, ["estimator", "ground_truth"]]
         picks += [(trial, e, g) for e, g in combos.drop_duplicates().itertuples(index=False)]
 
-    scorer = plots.scorer or (list(dict.fromkeys(scores["scorer"]))[:1] or [None])[0]
+    scorer = _plot_scorer(protocol, scores)
     if plots.worst and scorer is not None:
         picks += _worst(protocol, scores, scorer, plots.worst)
     picks = list(dict.fromkeys(picks))
@@ -182,8 +196,28 @@ def ranked_pairs(protocol: Protocol, scores: pd.DataFrame, points: pd.DataFrame,
             for trial, estimator, truth in picks]
 
 
-def _worst(protocol: Protocol, scores: pd.DataFrame, scorer: str,
+def _plot_scorer(protocol: Protocol, scores: pd.DataFrame) -> str | None:
+    """Return the scorer that ranks trials for the figures: the chosen one, else the first."""
+    plots = protocol.statistics.trial_plots
+    return plots.scorer or (list(dict.fromkeys(scores["scorer"]))[:1] or [None])[0]
+
+
+def _without_basin_jumps(scores: pd.DataFrame, flags: pd.DataFrame) -> pd.DataFrame:
+    """Drop the scores of (trial, ground truth) pairs with a retrain that left its basin."""
+    flagged = flagged_pairs(flags)
+    if not flagged:
+        return scores
+    keep = [(t, g) not in flagged for t, g in zip(scores["trial_id"], scores["ground_truth"],
+                                                 strict=True)]
+    logger.info("left out the scores of %d trial-ground truth pairs with a basin jump",
+                len(flagged))
+    return scores[keep]
+
+
+def _worst(protocol: Protocol, scores: pd.DataFrame, scorer: str | None,
            count: int) -> list[tuple[str, str, str]]:
+    if scorer is None:
+        return []
     subset = scores[(scores["scorer"] == scorer) & scores["value"].notna()]
     higher_is_better = _higher_is_better(protocol, scorer)
     subset = subset.sort_values("value", ascending=higher_is_better, kind="stable")
@@ -224,6 +258,7 @@ def _ranked_pair(trial: str, estimator: str, truth: str, scores: pd.DataFrame,
 
 def _write(report: Report, protocol: Protocol) -> None:
     from ifval.report.plots import plot_ranked_changes, plot_scores
+    from ifval.report.retrains import plot_retraining
     from ifval.report.summary import markdown_summary, write_json, write_tables
 
     out = report.run_dir / REPORT_DIR
@@ -238,6 +273,8 @@ def _write(report: Report, protocol: Protocol) -> None:
                                stem="measures", confidence=confidence, keys=(), panel=MEASURE)
     if report.ranked:
         figures += plot_ranked_changes(report.ranked, out)
+    if report.retraining and report.truths is not None:
+        figures += plot_retraining(report.truths, report.retraining, out)
 
     header = {
         "name": report.name,

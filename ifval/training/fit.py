@@ -69,6 +69,8 @@ class FitResult:
     history_epochs: list[int] = field(default_factory=list)
     history_loss: list[torch.Tensor] = field(default_factory=list)
     history_probe: list[torch.Tensor] = field(default_factory=list)
+    history_objective: list[torch.Tensor] = field(default_factory=list)
+    """The whole objective, data term plus (w/2)‖θ‖², at the recorded epochs."""
     loss_window_start: torch.Tensor | None = None
     """Loss at 90% of the epochs, to report the change over the last tenth."""
     swa_snapshots: int = 0
@@ -150,7 +152,8 @@ def fit(
             or epoch == window_epoch
         values, grads = value_and_grad(as_dict(), need_value)
         if need_value:
-            _remember(result, epoch, kept, window_epoch, values, probe, as_dict)
+            _remember(result, epoch, kept, window_epoch, values, probe, as_dict,
+                      optimizer.weight_decay)
         optimizer.step([grads[name] for name in names])
         if averaging:
             averager.update(params, epoch)
@@ -164,7 +167,8 @@ def fit(
             param.copy_(average)
         result.swa_snapshots = averager.snapshots
     final, _ = value_and_grad(as_dict(), True)
-    _remember(result, settings.epochs, kept, window_epoch, final, probe, as_dict)
+    _remember(result, settings.epochs, kept, window_epoch, final, probe, as_dict,
+              optimizer.weight_decay)
     result.weights = dict(zip(names, params, strict=True))
     result.final_loss = final
     result.final_lr = optimizer.lr
@@ -181,6 +185,7 @@ def _remember(
     losses: torch.Tensor,
     probe: LossFunction | None,
     as_dict: Callable[[], dict[str, torch.Tensor]],
+    weight_decay: torch.Tensor,
 ) -> None:
     if epoch == window_epoch:
         result.loss_window_start = losses.clone()
@@ -188,6 +193,10 @@ def _remember(
         return
     result.history_epochs.append(epoch)
     result.history_loss.append(losses.clone())
+    with torch.no_grad():
+        squared = sum(w.flatten(1).pow(2).sum(dim=1) for w in as_dict().values())
+        decay = weight_decay.reshape(-1, *([1] * (losses.dim() - 1)))
+        result.history_objective.append(losses + 0.5 * decay * squared.reshape(decay.shape))
     if probe is not None:
         with torch.no_grad():
             result.history_probe.append(probe(as_dict()).detach())
