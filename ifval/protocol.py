@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ifval.errors import IfvalError, ProtocolError
 from ifval.plugins import Catalog, default_catalog
 from ifval.settings import SWA, Plateau, Real
+from ifval.spectrum import SpectrumSettings
 
 VARIANT_FACTOR = "variant"
 """Factor name under which a condition's variant is recorded."""
@@ -183,6 +184,11 @@ class Protocol(_Strict):
         default_factory=dict, description="Variant name → {dotted path: value} overlay."
     )
     points: Points = Field(default_factory=Points, description="Checked training points.")
+    hessian: SpectrumSettings | None = Field(
+        None,
+        description="Record the top Hessian eigenvalue of each trained model's training loss "
+        "(pyhessian's power iteration) and optionally its trace; null skips it.",
+    )
     estimators: list[PluginSpec] = Field(..., min_length=1, description="Influence estimators.")
     ground_truths: list[PluginSpec] = Field(..., min_length=1, description="Ground truths.")
     scorers: list[PluginSpec] = Field(..., min_length=1, description="Scorers.")
@@ -222,7 +228,7 @@ class Protocol(_Strict):
 # ----------------------------------------------------------------------- conditions
 
 CONDITION_SECTIONS = ("dataset", "model", "training", "points", "estimators", "ground_truths",
-                      "scorers")
+                      "scorers", "hessian")
 """Top-level sections a grid path or variant may change."""
 
 PLUGIN_LIST_SECTIONS = (("estimator", "estimators"), ("ground_truth", "ground_truths"),
@@ -251,6 +257,7 @@ class ResolvedCondition:
     model: tuple[Any, BaseModel]
     training: Training
     points: Points
+    hessian: SpectrumSettings | None
     estimators: list[tuple[str, Any, BaseModel]]
     ground_truths: list[tuple[str, Any, BaseModel]]
     scorers: list[tuple[str, Any, BaseModel]]
@@ -337,6 +344,8 @@ def resolve_condition(config: dict[str, Any], catalog: Catalog | None = None) ->
         model=plugin("model", config["model"]),
         training=Training.model_validate(config["training"]),
         points=Points.model_validate(config["points"]),
+        hessian=(SpectrumSettings.model_validate(config["hessian"])
+                 if config.get("hessian") is not None else None),
         estimators=listed("estimator", config["estimators"]),
         ground_truths=listed("ground_truth", config["ground_truths"]),
         scorers=listed("scorer", config["scorers"]),

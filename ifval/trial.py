@@ -62,6 +62,14 @@ def run_batch(task: BatchTask, progress: StageProgress | None = None) -> list[di
     dtype = getattr(torch, resolved.training.dtype)
 
     batch, fit_result = _train(resolved, split, task.seeds, dtype, progress)
+    spectra: list[dict[str, Any]] = [{} for _ in task.seeds]
+    if resolved.hessian is not None:
+        from ifval.spectrum import hessian_spectrum
+
+        if progress is not None:
+            progress("hessian spectrum", 0, 1)
+        with _context(task, "hessian spectrum"):
+            spectra = hessian_spectrum(batch, resolved.hessian)
     trained_at = time.perf_counter()
     train_losses = _per_sample_losses(batch)
     points = select_points(resolved.points, train_losses, task.seeds)
@@ -93,9 +101,11 @@ def run_batch(task: BatchTask, progress: StageProgress | None = None) -> list[di
     }
     records = []
     for b, (repetition, seed) in enumerate(zip(task.repetitions, task.seeds, strict=True)):
-        records.append(_record(task, resolved, split, batch, fit_result, b, repetition, seed,
-                               points[b], train_losses[b], truths, diagnostics, normalisations,
-                               estimates, timings))
+        record = _record(task, resolved, split, batch, fit_result, b, repetition, seed,
+                         points[b], train_losses[b], truths, diagnostics, normalisations,
+                         estimates, timings)
+        record["training"].update(spectra[b])
+        records.append(record)
     return records
 
 
