@@ -27,7 +27,9 @@ logger = logging.getLogger(__name__)
 BUILTIN_MODULES = {
     "iris": "ifval.datasets.iris",
     "mlp": "ifval.models.mlp",
+    "vdp": "ifval.models.vdp",
     "exact": "ifval.estimators.exact",
+    "lissa": "ifval.estimators.lissa",
     "retrain_from_optimum": "ifval.ground_truths.retrain",
     "exact_optimum": "ifval.ground_truths.exact_optimum",
     "retrain_from_scratch": "ifval.ground_truths.scratch",

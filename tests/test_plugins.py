@@ -30,7 +30,9 @@ from ifval.protocol import validate_protocol
 BUILTINS = [
     ("dataset", "iris"),
     ("model", "mlp"),
+    ("model", "vdp"),
     ("estimator", "exact"),
+    ("estimator", "lissa"),
     ("ground_truth", "exact_optimum"),
     ("ground_truth", "retrain_from_optimum"),
     ("ground_truth", "retrain_from_scratch"),
@@ -326,17 +328,17 @@ def test_unknown_hook_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_disabled_argument_removes_plugin() -> None:
     catalog = Catalog(get_plugin_manager(disabled=["exact"]))
 
-    assert catalog.registries["estimator"].names() == []
+    assert catalog.registries["estimator"].names() == ["lissa"]
 
 
 def test_disable_env_removes_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(DISABLE_ENV, " correlation, topk, exact ,")
+    monkeypatch.setenv(DISABLE_ENV, " correlation, topk, exact , lissa")
 
     catalog = Catalog(get_plugin_manager())
 
     assert catalog.registries["scorer"].names() == []
     assert catalog.registries["estimator"].names() == []
-    assert catalog.registries["model"].names() == ["mlp"]
+    assert catalog.registries["model"].names() == ["mlp", "vdp"]
 
 
 def test_disable_unknown_name_warns(caplog: pytest.LogCaptureFixture) -> None:
@@ -365,7 +367,7 @@ def test_disabled_plugin_unknown_in_protocol() -> None:
         validate_protocol(protocol, catalog=catalog)
 
     assert caught.value.problems == [
-        "estimators[0].name: unknown estimator 'exact'; known estimators: none"
+        "estimators[0].name: unknown estimator 'exact'; known estimators: lissa"
     ]
 
 

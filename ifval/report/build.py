@@ -96,7 +96,8 @@ def build_report(run_dir: str | Path, write: bool = True) -> Report:
                     scorer_table(protocol), measures)
     if not scores.empty:
         report.ranked = ranked_pairs(protocol, scores, points, factors)
-        worst = _worst(protocol, scores, _plot_scorer(protocol, scores), 3)
+        # Ground truths without trajectories are skipped, so rank every pair.
+        worst = _worst(protocol, scores, _plot_scorer(protocol, scores), len(scores))
         report.retraining = trajectory_picks(truths, flags, [(t, g) for t, _, g in worst])
     report.truths = truths
     if write and not analysis.cells.empty:
