@@ -78,7 +78,7 @@ def validate_dict(tmp_path: Path, protocol: dict[str, Any]) -> tuple[Result, Pat
 MALFORMED = [
     pytest.param(
         changed("estimators", 0, "name", value="exakt"),
-        "estimators[0].name: unknown estimator 'exakt'; known estimators: exact. "
+        "estimators[0].name: unknown estimator 'exakt'; known estimators: exact, lissa. "
         "Did you mean 'exact'?",
         id="unknown-estimator",
     ),
@@ -142,8 +142,8 @@ MALFORMED = [
     pytest.param(
         changed("repetitons", value=2),
         "repetitons: unknown field (found 'repetitons'); allowed fields: name, description, "
-        "dataset, model, training, grid, variants, points, estimators, ground_truths, scorers, "
-        "repetitions, seed, batch_size, statistics, output, executor. "
+        "dataset, model, training, grid, variants, points, hessian, estimators, ground_truths, "
+        "scorers, repetitions, seed, batch_size, statistics, output, executor. "
         "Did you mean 'repetitions'?",
         id="top-level-typo",
     ),
@@ -194,27 +194,27 @@ MALFORMED = [
         changed("grid", value={"foo.bar": [1, 2]}),
         "grid.foo.bar: invalid dotted path 'foo.bar': it must start with a section that may "
         "differ between conditions: dataset, model, training, points, estimators, "
-        "ground_truths, scorers",
+        "ground_truths, scorers, hessian",
         id="grid-path-unknown-section",
     ),
     pytest.param(
         changed("grid", value={"modle.width": [4, 8]}),
         "grid.modle.width: invalid dotted path 'modle.width': it must start with a section "
         "that may differ between conditions: dataset, model, training, points, estimators, "
-        "ground_truths, scorers. Did you mean 'model'?",
+        "ground_truths, scorers, hessian. Did you mean 'model'?",
         id="grid-path-section-typo",
     ),
     pytest.param(
         changed("grid", value={"training.nonexistent.x": [1, 2]}),
         "grid.training.nonexistent.x: invalid dotted path 'training.nonexistent.x': training "
         "has no field 'nonexistent'; fields present: optimizer, lr, epochs, weight_decay, "
-        "betas, eps, plateau, dtype",
+        "betas, eps, plateau, swa, dtype",
         id="grid-path-through-unknown-field",
     ),
     pytest.param(
         changed("grid", value={"training.nonexistent": [1, 2]}),
         "grid.training.nonexistent: unknown field (found 'nonexistent'); allowed fields: "
-        "optimizer, lr, epochs, weight_decay, betas, eps, plateau, dtype",
+        "optimizer, lr, epochs, weight_decay, betas, eps, plateau, swa, dtype",
         id="grid-path-unknown-field",
     ),
     pytest.param(
@@ -308,8 +308,8 @@ def test_renamed_field_lists_both_problems(tmp_path: Path) -> None:
         f"Error: {path}: invalid protocol (2 problems):\n"
         "  - repetitions: required field is missing\n"
         "  - repetitons: unknown field (found 'repetitons'); allowed fields: name, description, "
-        "dataset, model, training, grid, variants, points, estimators, ground_truths, scorers, "
-        "repetitions, seed, batch_size, statistics, output, executor. "
+        "dataset, model, training, grid, variants, points, hessian, estimators, ground_truths, "
+        "scorers, repetitions, seed, batch_size, statistics, output, executor. "
         "Did you mean 'repetitions'?\n"
     )
 
