@@ -94,3 +94,10 @@ def test_flagged_scores_left_out():
                            "value": [0.5, 0.2, 0.9, 0.1]})
     kept = _without_basin_jumps(scores, basin_flags(truths_frame()))
     assert kept["value"].tolist() == [0.5, 0.9]
+
+
+def test_basin_counts_with_ground_truth_factor():
+    table = basin_table(basin_flags(truths_frame()), ["model.width", "ground_truth"])
+    assert table is not None
+    assert list(table.frame.columns[:2]) == ["model.width", "ground_truth"]
+    assert len(table.frame) == 2
