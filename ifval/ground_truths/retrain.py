@@ -44,6 +44,19 @@ class RetrainParams(BaseModel):
     plateau: Plateau | None = Field(
         None, description="ReduceLROnPlateau on each retrain's objective; null keeps lr fixed."
     )
+    grad_tol: float | None = Field(
+        None, gt=0,
+        description="Convergence criterion: a retrain stops once the gradient norm of its "
+        "objective (weight decay included) is at most this; `epochs` is then the maximum.",
+    )
+    patience: int | None = Field(
+        None, ge=1, strict=True,
+        description="Early stopping: a retrain stops after this many epochs without its "
+        "objective improving by the relative `stop_threshold`; null runs every epoch.",
+    )
+    stop_threshold: float = Field(
+        0.0, ge=0, description="Relative improvement that resets the `patience` count."
+    )
     basin_tolerance: float = Field(
         0.1, gt=0,
         description="Flag a retrain as having left its basin (`basin_jump`) when its objective "
@@ -133,6 +146,8 @@ class _Retrain:
         settings = FitSettings(
             epochs=params.epochs, lr=params.lr, weight_decay=self.decay,
             records=TRAJECTORY_POINTS,
+            stop_grad_tol=params.grad_tol, stop_patience=params.patience,
+            stop_threshold=params.stop_threshold,
             plateau_factor=plateau.factor if plateau else None,
             plateau_patience=plateau.patience if plateau else 0,
             plateau_threshold=plateau.threshold if plateau else 0.0,
@@ -313,6 +328,7 @@ def _diagnostics_table(result: FitResult, grad_norm: torch.Tensor, distance: tor
     change = final - window.reshape(-1) if window is not None else torch.zeros_like(final)
     trajectory = torch.stack([p.reshape(-1) for p in result.history_probe], dim=1)
     rise = objective_rise(result)
+    stopped = result.stopped_epoch
     table = []
     for b in range(size):
         row = []
@@ -324,6 +340,7 @@ def _diagnostics_table(result: FitResult, grad_norm: torch.Tensor, distance: tor
                 "distance_from_optimum": float(distance[r]),
                 "objective_rise": float(rise[r]),
                 "basin_jump": bool(rise[r] > basin_tolerance),
+                "stopped_epoch": int(stopped[r]) if stopped is not None else None,
                 "trajectory_epochs": list(result.history_epochs),
                 "trajectory_test_loss": trajectory[r].tolist(),
             })

@@ -56,6 +56,12 @@ class FitSettings:
     """How many evenly spaced epochs the history keeps."""
     swa: SWA | None = None
     """Stochastic weight averaging; the averaged parameters are returned."""
+    stop_grad_tol: float | None = None
+    """Stop a model once the gradient norm of its whole objective is at most this."""
+    stop_patience: int | None = None
+    """Stop a model after this many epochs without a relative improvement of its objective
+    by more than ``stop_threshold``."""
+    stop_threshold: float = 0.0
 
 
 @dataclass
@@ -75,6 +81,8 @@ class FitResult:
     """Loss at 90% of the epochs, to report the change over the last tenth."""
     swa_snapshots: int = 0
     """How many parameter snapshots the SWA average holds (0 without SWA)."""
+    stopped_epoch: torch.Tensor | None = None
+    """Epoch at which each model stopped early, or the epoch count for a model that ran on."""
 
 
 PROGRESS_UPDATES = 200
@@ -144,16 +152,23 @@ def fit(
         return dict(zip(names, params, strict=True))
 
     averager = _Averager(settings.swa, settings.epochs, params) if settings.swa else None
+    stopper = _Stopper(settings, size, dtype)
+    if averager is not None and stopper.enabled:
+        raise ValueError("early stopping and SWA cannot be combined in one fit")
+    last_epoch = settings.epochs
     for epoch in range(settings.epochs):
         averaging = averager is not None and epoch >= averager.start_epoch
         if averaging:
             averager.set_lr(optimizer, epoch)
         need_value = (scheduler is not None and not averaging) or epoch in kept \
-            or epoch == window_epoch
+            or epoch == window_epoch or stopper.needs_value
         values, grads = value_and_grad(as_dict(), need_value)
         if need_value:
             _remember(result, epoch, kept, window_epoch, values, probe, as_dict,
                       optimizer.weight_decay)
+        if stopper.enabled and stopper.update(epoch, values, grads, params, names, optimizer):
+            last_epoch = epoch
+            break
         optimizer.step([grads[name] for name in names])
         if averaging:
             averager.update(params, epoch)
@@ -167,11 +182,17 @@ def fit(
             param.copy_(average)
         result.swa_snapshots = averager.snapshots
     final, _ = value_and_grad(as_dict(), True)
-    _remember(result, settings.epochs, kept, window_epoch, final, probe, as_dict,
-              optimizer.weight_decay)
+    kept.add(last_epoch)
+    if not result.history_epochs or result.history_epochs[-1] != last_epoch:
+        _remember(result, last_epoch, kept, window_epoch, final, probe, as_dict,
+                  optimizer.weight_decay)
     result.weights = dict(zip(names, params, strict=True))
     result.final_loss = final
     result.final_lr = optimizer.lr
+    if stopper.enabled:
+        result.final_lr = torch.where(stopper.stopped, stopper.lr_at_stop, optimizer.lr)
+        result.stopped_epoch = torch.where(stopper.stopped, stopper.epoch_at_stop,
+                                           torch.tensor(settings.epochs))
     if scheduler is not None:
         result.lr_reductions = scheduler.reductions
     return result
@@ -200,6 +221,51 @@ def _remember(
     if probe is not None:
         with torch.no_grad():
             result.history_probe.append(probe(as_dict()).detach())
+
+
+class _Stopper:
+    """Early stopping per model: a stopped model's learning rate is held at zero.
+
+    The objective of the patience test is the data term plus (w/2)‖θ‖², and
+    the gradient of the tolerance test includes w θ. The loop ends when
+    every model has stopped.
+    """
+
+    def __init__(self, settings: FitSettings, size: int, dtype: torch.dtype) -> None:
+        self.settings = settings
+        self.enabled = settings.stop_grad_tol is not None or settings.stop_patience is not None
+        self.needs_value = settings.stop_patience is not None
+        self.stopped = torch.zeros(size, dtype=torch.bool)
+        self.epoch_at_stop = torch.zeros(size, dtype=torch.long)
+        self.lr_at_stop = torch.zeros(size, dtype=dtype)
+        self.best = torch.full((size,), float("inf"), dtype=dtype)
+        self.bad_epochs = torch.zeros(size, dtype=torch.long)
+
+    @torch.no_grad()
+    def update(self, epoch: int, values: torch.Tensor | None, grads: dict[str, torch.Tensor],
+               params: list[torch.Tensor], names: list[str], optimizer: BatchedAdam) -> bool:
+        """Stop the models that meet a criterion at this epoch; return whether all have stopped."""
+        decay = optimizer.weight_decay
+        stop = torch.zeros_like(self.stopped)
+        if self.settings.stop_grad_tol is not None:
+            squared = torch.zeros_like(self.best)
+            for name, param in zip(names, params, strict=True):
+                full = grads[name] + decay.reshape(-1, *([1] * (param.dim() - 1))) * param
+                squared += full.flatten(1).pow(2).sum(dim=1)
+            stop |= squared.sqrt() <= self.settings.stop_grad_tol
+        if self.settings.stop_patience is not None and values is not None:
+            penalty = sum(p.flatten(1).pow(2).sum(dim=1) for p in params)
+            objective = values.reshape(-1) + 0.5 * decay * penalty
+            improved = objective < self.best * (1 - self.settings.stop_threshold)
+            self.best = torch.where(improved, objective, self.best)
+            self.bad_epochs = torch.where(improved, 0, self.bad_epochs + 1)
+            stop |= self.bad_epochs > self.settings.stop_patience
+        newly = stop & ~self.stopped
+        self.epoch_at_stop = torch.where(newly, epoch, self.epoch_at_stop)
+        self.lr_at_stop = torch.where(newly, optimizer.lr, self.lr_at_stop)
+        self.stopped |= stop
+        optimizer.lr = torch.where(self.stopped, torch.zeros_like(optimizer.lr), optimizer.lr)
+        return bool(self.stopped.all())
 
 
 class _Averager:
