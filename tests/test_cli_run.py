@@ -30,7 +30,7 @@ def quick_run(tmp_path_factory):
 @pytest.mark.slow
 def test_quick_protocol_prints_table(quick_run):
     _, result = quick_run
-    assert "48 trials computed, 0 already stored" in result.stderr
+    assert "120 trials computed, 0 already stored" in result.stderr
     assert "iris_quick: mean score and 95% interval per cell" in result.stdout
     assert "One-way ANOVA across each factor" in result.stdout
 
@@ -42,7 +42,7 @@ def test_quick_protocol_writes_report(quick_run):
                  "scores.svg"):
         assert (run_dir / "report" / name).is_file(), name
     cells = pd.read_csv(run_dir / "report" / "cells.csv")
-    assert len(cells) == 3 * 2 * SCORERS
+    assert len(cells) == 3 * 5 * SCORERS
     assert (cells["n"] + cells["n_nan"]).eq(8).all()
 
 
@@ -70,9 +70,9 @@ def test_export_writes_tables(quick_run, fmt):
     scores = read(out / f"scores.{fmt}")
     points = read(out / f"points.{fmt}")
     trials = read(out / f"trials.{fmt}")
-    assert len(scores) == 48 * SCORERS
-    assert len(points) == 48 * 20
-    assert len(trials) == 48
+    assert len(scores) == 120 * SCORERS
+    assert len(points) == 120 * 20
+    assert len(trials) == 120
     assert {"model.width", "variant", "estimator", "ground_truth", "scorer", "value"} <= set(scores)
     assert {"estimate", "truth", "dataset_row", "training_loss"} <= set(points)
 

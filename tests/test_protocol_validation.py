@@ -408,4 +408,4 @@ def test_example_protocol_valid() -> None:
     result = validate_file(path)
 
     assert result.exit_code == 0
-    assert result.stdout == f"{path}: valid; 6 conditions × 8 repetitions = 48 trials\n"
+    assert result.stdout == f"{path}: valid; 15 conditions × 8 repetitions = 120 trials\n"
