@@ -251,6 +251,9 @@ class Estimator(PluginBase):
 
     kind = "estimator"
 
+    supports_groups: ClassVar[bool] = False
+    """Whether :meth:`estimate_groups` is implemented."""
+
     def estimate(
         self,
         params: BaseModel,
@@ -259,6 +262,21 @@ class Estimator(PluginBase):
         normalisation: Normalisation,
     ) -> EstimateResult:
         """Estimate for ``points``, an integer array ``(B, k)`` of training rows per model."""
+        raise NotImplementedError
+
+    def estimate_groups(
+        self,
+        params: BaseModel,
+        batch: TrainedBatch,
+        groups: np.ndarray,
+        normalisation: Normalisation,
+    ) -> EstimateResult:
+        """Estimate the change for removing each group at once, values of shape ``(B, k)``.
+
+        ``groups`` is an integer array ``(B, k, m)``: group j of model b is the
+        m distinct training rows ``groups[b, j]``. With ``remaining``, the
+        retrain's data term is the mean over the n − m other points.
+        """
         raise NotImplementedError
 
 
@@ -279,10 +297,19 @@ class GroundTruth(PluginBase):
         """Return the retraining normalisation this ground truth uses."""
         raise NotImplementedError
 
+    supports_groups: ClassVar[bool] = False
+    """Whether :meth:`measure_groups` is implemented."""
+
     def measure(
         self, params: BaseModel, batch: TrainedBatch, points: np.ndarray
     ) -> TruthResult:
         """Measure for ``points``, an integer array ``(B, k)`` of training rows per model."""
+        raise NotImplementedError
+
+    def measure_groups(
+        self, params: BaseModel, batch: TrainedBatch, groups: np.ndarray
+    ) -> TruthResult:
+        """Measure the change for removing each group at once; ``groups`` is ``(B, k, m)``."""
         raise NotImplementedError
 
 

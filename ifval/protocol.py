@@ -84,6 +84,39 @@ class Training(_Strict):
     )
 
 
+class Groups(_Strict):
+    """Groups of training points removed together, in place of single points."""
+
+    size: int | float = Field(
+        ...,
+        description="Points per group: an integer count (at least 2), or a fraction of the "
+        "training set between 0 and 1, rounded to the nearest count.",
+    )
+    kind: Literal["random", "same_class"] = Field(
+        "random",
+        description="`random`: distinct points drawn with the trial's seed; `same_class`: "
+        "distinct points of one class, the classes taken in turn.",
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _check_size(cls, value: int | float) -> int | float:
+        if isinstance(value, bool):
+            raise ValueError("must be a number")
+        if isinstance(value, int) and value < 2:
+            raise ValueError(f"a group needs at least 2 points, got {value}; use single points "
+                             "by leaving `groups` out")
+        if isinstance(value, float) and not 0 < value < 1:
+            raise ValueError(f"a fraction must lie between 0 and 1, got {value}")
+        return value
+
+    def members(self, n: int) -> int:
+        """Return the number of points per group for a training set of ``n`` points."""
+        if isinstance(self.size, int):
+            return self.size
+        return max(2, round(self.size * n))
+
+
 class Points(_Strict):
     """Selection of the training points checked in each trial."""
 
@@ -93,7 +126,14 @@ class Points(_Strict):
         "`random`: k points drawn with the trial's seed; `all`: every training point.",
     )
     k: int | None = Field(
-        40, ge=1, strict=True, description="Number of points; ignored by `all`."
+        40, ge=1, strict=True,
+        description="Number of points, or of groups with `groups`; ignored by `all`.",
+    )
+    groups: Groups | None = Field(
+        None,
+        description="Remove groups of points instead of single points: `k` groups per "
+        "trial, chosen as set here (`strategy` is then not used). Every estimator and "
+        "ground truth of the protocol must support groups.",
     )
 
 

@@ -10,7 +10,13 @@ from pathlib import Path
 
 from ifval.errors import IfvalError
 from ifval.plugins import default_catalog
-from ifval.protocol import Condition, Protocol, expand_conditions, resolve_condition
+from ifval.protocol import (
+    Condition,
+    Protocol,
+    ResolvedCondition,
+    expand_conditions,
+    resolve_condition,
+)
 from ifval.store import RunStore
 from ifval.trial import BatchTask, repetition_seed, run_batch, trial_id
 
@@ -67,11 +73,33 @@ def check_conditions(conditions: list[Condition]) -> None:
         if key not in sizes:
             sizes[key] = len(dataset.load(dataset_params).y_train)
         points = resolved.points
+        where = f"condition {condition.label or 'default'}"
+        if points.groups is not None:
+            _check_groups(resolved, sizes[key], where)
+            continue
         if points.strategy != "all" and points.k is not None and points.k > sizes[key]:
             msg = (f"points.k: {points.k} points requested but dataset "
                    f"{condition.config['dataset']['name']!r} has {sizes[key]} training points "
                    f"(condition {condition.label or 'default'}); lower k or use strategy 'all'")
             raise IfvalError(msg)
+
+
+def _check_groups(resolved: ResolvedCondition, n: int, where: str) -> None:
+    """Check that groups fit the training set and that every plugin can handle them."""
+    assert resolved.points.groups is not None
+    members = resolved.points.groups.members(n)
+    if members >= n:
+        msg = (f"points.groups.size: groups of {members} points leave nothing to train on "
+               f"with {n} training points ({where}); choose a smaller size")
+        raise IfvalError(msg)
+    for kind, listed, method in (("estimator", resolved.estimators, "estimate_groups"),
+                                 ("ground truth", resolved.ground_truths, "measure_groups")):
+        for label, plugin, _ in listed:
+            if not getattr(plugin, "supports_groups", False):
+                msg = (f"points.groups: {kind} {label!r} does not support groups (it has no "
+                       f"`{method}`); remove it, or leave out `points.groups` to check "
+                       "single points")
+                raise IfvalError(msg)
 
 
 def run_protocol(

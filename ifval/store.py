@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS points (
     trial_id TEXT NOT NULL REFERENCES trials, position INTEGER NOT NULL,
     train_row INTEGER NOT NULL, dataset_row INTEGER NOT NULL, label INTEGER NOT NULL,
     training_loss REAL, PRIMARY KEY (trial_id, position));
+CREATE TABLE IF NOT EXISTS group_members (
+    trial_id TEXT NOT NULL REFERENCES trials, position INTEGER NOT NULL,
+    train_row INTEGER NOT NULL, dataset_row INTEGER NOT NULL,
+    PRIMARY KEY (trial_id, position, train_row));
 CREATE TABLE IF NOT EXISTS estimates (
     trial_id TEXT NOT NULL REFERENCES trials, estimator TEXT NOT NULL,
     normalisation TEXT NOT NULL, position INTEGER NOT NULL, value REAL,
@@ -175,6 +179,11 @@ class RunStore:
                 "INSERT INTO points VALUES (?, ?, ?, ?, ?, ?)",
                 [(trial, i, p["train_row"], p["dataset_row"], p["label"],
                   _number(p["training_loss"])) for i, p in enumerate(record["points"])])
+            self.connection.executemany(
+                "INSERT INTO group_members VALUES (?, ?, ?, ?)",
+                [(trial, i, row, dataset_row) for i, p in enumerate(record["points"])
+                 for row, dataset_row in zip(p.get("members", ()), p.get("dataset_members", ()),
+                                             strict=True)])
             self.connection.executemany(
                 "INSERT INTO estimates VALUES (?, ?, ?, ?, ?)",
                 [(trial, e["estimator"], e["normalisation"], i, _number(v))

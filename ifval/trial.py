@@ -72,12 +72,19 @@ def run_batch(task: BatchTask, progress: StageProgress | None = None) -> list[di
             spectra = hessian_spectrum(batch, resolved.hessian)
     trained_at = time.perf_counter()
     train_losses = _per_sample_losses(batch)
-    points = select_points(resolved.points, train_losses, task.seeds)
+    grouped = resolved.points.groups is not None
+    if grouped:
+        points = select_groups(resolved.points, split.y_train, task.seeds)
+    else:
+        points = select_points(resolved.points, train_losses, task.seeds)
 
     truths, diagnostics, normalisations = {}, {}, {}
     for label, plugin, params in resolved.ground_truths:
         with _context(task, f"ground truth {label!r}"):
-            result = plugin.measure(params, batch, points)
+            if grouped:
+                result = plugin.measure_groups(params, batch, points)
+            else:
+                result = plugin.measure(params, batch, points)
         truths[label] = result.values
         diagnostics[label] = result.diagnostics
         normalisations[label] = plugin.normalisation(params)
@@ -89,7 +96,10 @@ def run_batch(task: BatchTask, progress: StageProgress | None = None) -> list[di
             progress(f"estimator {label}", index, len(resolved.estimators))
         for normalisation in sorted(set(normalisations.values())):
             with _context(task, f"estimator {label!r}"):
-                result = plugin.estimate(params, batch, points, normalisation)
+                if grouped:
+                    result = plugin.estimate_groups(params, batch, points, normalisation)
+                else:
+                    result = plugin.estimate(params, batch, points, normalisation)
             estimates[(label, normalisation)] = result.values
     estimated_at = time.perf_counter()
 
@@ -133,6 +143,37 @@ def select_points(settings: Points, train_losses: np.ndarray, seeds: tuple[int, 
         return np.argsort(-train_losses, axis=1, kind="stable")[:, :k]
     rows = [np.random.default_rng([seed, 1]).choice(n, size=k, replace=False) for seed in seeds]
     return np.stack(rows)
+
+
+def select_groups(settings: Points, y_train: np.ndarray, seeds: tuple[int, ...]) -> np.ndarray:
+    """Groups of training rows checked in each trial, an integer array ``(B, k, m)``.
+
+    Each group holds m distinct rows; different groups may share rows.
+    ``same_class`` groups take the classes in turn, group j drawing from the
+    j-th class modulo the number of classes.
+    """
+    assert settings.groups is not None
+    n = len(y_train)
+    members = settings.groups.members(n)
+    k = settings.k or 1
+    classes = np.unique(y_train)
+    by_class = {int(c): np.flatnonzero(y_train == c) for c in classes}
+    if settings.groups.kind == "same_class":
+        smallest = min(len(rows) for rows in by_class.values())
+        if members > smallest:
+            msg = (f"points.groups: same-class groups of {members} points need that many points "
+                   f"in every class, but the smallest class has {smallest}; lower the size")
+            raise IfvalError(msg)
+    trials = []
+    for seed in seeds:
+        generator = np.random.default_rng([seed, 1])
+        groups = []
+        for j in range(k):
+            pool = (by_class[int(classes[j % len(classes)])]
+                    if settings.groups.kind == "same_class" else np.arange(n))
+            groups.append(np.sort(generator.choice(pool, size=members, replace=False)))
+        trials.append(np.stack(groups))
+    return np.stack(trials)
 
 
 def _train(resolved: ResolvedCondition, split, seeds, dtype, progress):  # type: ignore[no-untyped-def]
@@ -227,11 +268,7 @@ def _record(task, resolved, split, batch, fit_result, b, repetition, seed, point
         "seed": seed,
         "test_ids": split.test_ids.tolist(),
         "dataset_info": split.info,
-        "points": [
-            {"train_row": int(row), "dataset_row": int(split.train_ids[row]),
-             "label": int(split.y_train[row]), "training_loss": float(train_losses[row])}
-            for row in points
-        ],
+        "points": [_checked(split, train_losses, rows) for rows in points],
         "estimates": [
             {"estimator": label, "normalisation": normalisation, "values": values[b].tolist()}
             for (label, normalisation), values in estimates.items()
@@ -245,3 +282,22 @@ def _record(task, resolved, split, batch, fit_result, b, repetition, seed, point
         "training": _training_summary(batch, fit_result, b),
         "timings": timings,
     }
+
+
+def _checked(split, train_losses: np.ndarray, rows: np.ndarray | np.integer) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Describe one checked point, or one group (with its members), for the run store.
+
+    A group has no single row: ``train_row`` and ``dataset_row`` are −1, its
+    ``label`` is the members' class when they share one (else −1), and its
+    ``training_loss`` is the members' mean.
+    """
+    if np.ndim(rows) == 0:
+        row = int(rows)
+        return {"train_row": row, "dataset_row": int(split.train_ids[row]),
+                "label": int(split.y_train[row]), "training_loss": float(train_losses[row])}
+    labels = {int(split.y_train[row]) for row in rows}
+    return {"train_row": -1, "dataset_row": -1,
+            "label": labels.pop() if len(labels) == 1 else -1,
+            "training_loss": float(np.mean(train_losses[rows])),
+            "members": [int(row) for row in rows],
+            "dataset_members": [int(split.train_ids[row]) for row in rows]}

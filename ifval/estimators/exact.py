@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import ifval
 from ifval.errors import NumericalError
-from ifval.estimators.scope import SCOPE_DESCRIPTION, Scope, flat_problem
+from ifval.estimators.scope import SCOPE_DESCRIPTION, Scope, first_order_values, flat_problem
 from ifval.kinds import EstimateResult, Estimator, Normalisation, TrainedBatch
 
 logger = logging.getLogger(__name__)
@@ -43,9 +43,16 @@ class Exact(Estimator):
     description = "First-order removal influence with an explicit float64 Hessian (Cholesky)."
     Params = ExactParams
 
+    supports_groups = True
+
+    def estimate_groups(self, params: ExactParams, batch: TrainedBatch,  # type: ignore[override]
+                        groups: np.ndarray, normalisation: Normalisation) -> EstimateResult:
+        """First-order estimate for removing each group of m points (see ``first_order_values``)."""
+        return self.estimate(params, batch, groups, normalisation)
+
     def estimate(self, params: ExactParams, batch: TrainedBatch, points: np.ndarray,  # type: ignore[override]
                  normalisation: Normalisation) -> EstimateResult:
-        values = np.empty(points.shape, dtype=np.float64)
+        values = np.empty(points.shape[:2], dtype=np.float64)
         info = []
         for index in range(batch.size):
             row, details = self._estimate_one(params, batch, index, points[index], normalisation)
@@ -62,7 +69,7 @@ class Exact(Estimator):
         decay = float(batch.weight_decay[index])
         n = batch.n_train
         y_train = batch.y_train
-        chosen = torch.as_tensor(points, dtype=torch.long)
+        chosen = torch.as_tensor(points, dtype=torch.long).reshape(-1)
 
         def mean_train_loss(theta: torch.Tensor) -> torch.Tensor:
             return problem.loss(theta, problem.inputs_train, y_train).mean()
@@ -97,10 +104,8 @@ class Exact(Estimator):
             raise self._indefinite_error(smallest, largest, params, decay, batch.seeds[index])
         solved = torch.cholesky_solve(test_grad[:, None], factor)[:, 0]
 
-        if normalisation == "original_n":
-            values = grads @ solved / n
-        else:
-            values = (grads + regulariser_grad) @ solved / (n - 1)
+        members = points.shape[1] if points.ndim == 2 else 1
+        values = first_order_values(grads, solved, members, n, normalisation, regulariser_grad)
         details = {"parameters": size, "scope": params.scope, "damping": params.damping,
                    "min_eigenvalue": smallest, "max_eigenvalue": largest}
         return values.detach().numpy(), details

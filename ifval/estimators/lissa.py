@@ -33,7 +33,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import ifval
 from ifval.errors import IfvalError, NumericalError
-from ifval.estimators.scope import SCOPE_DESCRIPTION, FlatProblem, Scope, flat_problem
+from ifval.estimators.scope import (
+    SCOPE_DESCRIPTION,
+    FlatProblem,
+    Scope,
+    first_order_values,
+    flat_problem,
+)
 from ifval.kinds import EstimateResult, Estimator, Normalisation, TrainedBatch
 
 if TYPE_CHECKING:
@@ -430,6 +436,13 @@ class Lissa(Estimator):
     description = "First-order removal influence with a LiSSA inverse-HVP (Agarwal et al. 2017)."
     Params = LissaParams
 
+    supports_groups = True
+
+    def estimate_groups(self, params: LissaParams, batch: TrainedBatch,  # type: ignore[override]
+                        groups: np.ndarray, normalisation: Normalisation) -> EstimateResult:
+        """First-order estimate for removing each group of m points (see ``first_order_values``)."""
+        return self.estimate(params, batch, groups, normalisation)
+
     def estimate(self, params: LissaParams, batch: TrainedBatch, points: np.ndarray,  # type: ignore[override]
                  normalisation: Normalisation) -> EstimateResult:
         if params.batch_size is not None and params.batch_size > batch.n_train:
@@ -437,7 +450,7 @@ class Lissa(Estimator):
                    f"{batch.n_train} training points; set it to at most {batch.n_train}, or "
                    "leave it unset for the full-batch Hessian")
             raise IfvalError(msg)
-        values = np.empty(points.shape, dtype=np.float64)
+        values = np.empty(points.shape[:2], dtype=np.float64)
         info = []
         for index in range(batch.size):
             row, details = self._estimate_one(params, batch, index, points[index], normalisation)
@@ -481,17 +494,16 @@ class Lissa(Estimator):
         # A repeat that meets `tol` ends early, so the stage is marked complete here.
         batch.report("lissa recursion", total_steps, total_steps)
 
-        chosen = torch.as_tensor(points, dtype=torch.long)
+        chosen = torch.as_tensor(points, dtype=torch.long).reshape(-1)
         grads = per_sample_gradients(problem.loss, theta, problem.inputs_train[chosen],
                                      batch.y_train[chosen], params.gradient_chunk)
-        if normalisation == "original_n":
-            values = grads @ solved.solution / n
-        else:
-            # ∇ of the parameter-only part of the objective at θ̂: w θ̂ plus the model's penalty.
-            regulariser_grad = decay * theta
-            if problem.penalty is not None:
-                regulariser_grad = regulariser_grad + grad(problem.penalty)(theta)
-            values = (grads + regulariser_grad) @ solved.solution / (n - 1)
+        # ∇ of the parameter-only part of the objective at θ̂: w θ̂ plus the model's penalty.
+        regulariser_grad = decay * theta
+        if problem.penalty is not None:
+            regulariser_grad = regulariser_grad + grad(problem.penalty)(theta)
+        members = points.shape[1] if points.ndim == 2 else 1
+        values = first_order_values(grads, solved.solution, members, n, normalisation,
+                                    regulariser_grad)
 
         details = {"parameters": theta.numel(), "scope": params.scope, "scale": params.scale,
                    "damping": params.damping, "batch_size": params.batch_size,

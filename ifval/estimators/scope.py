@@ -85,3 +85,20 @@ def flat_problem(batch: TrainedBatch, index: int, scope: Scope) -> FlatProblem:
         return model.loss(params, output, labels)[0]
 
     return FlatProblem(theta, head_loss, feats_train, feats_test, penalty)
+
+
+def first_order_values(grads: torch.Tensor, solved: torch.Tensor, members: int, n: int,
+                       normalisation: str, regulariser_grad: torch.Tensor) -> torch.Tensor:
+    """First-order predicted changes for removing groups of ``members`` points at once.
+
+    ``grads`` holds the per-sample gradients of k groups, shape ``(k·m, p)``,
+    group-major; ``solved`` is (H + λI)⁻¹ g_test. For ``original_n`` the
+    prediction is (1/n) (Σ_{i∈U} g_i)ᵀ solved. For ``remaining`` (data term
+    over the n − m other points) it is (1/(n − m)) (Σ_{i∈U} g_i + m r)ᵀ solved,
+    where r = w θ̂ + ∇R(θ̂) is the gradient of the parameter-only terms.
+    With m = 1 these are the single-point formulas.
+    """
+    summed = grads.reshape(-1, members, grads.shape[-1]).sum(dim=1)
+    if normalisation == "original_n":
+        return summed @ solved / n
+    return (summed + members * regulariser_grad) @ solved / (n - members)

@@ -57,6 +57,13 @@ class ExactOptimum(GroundTruth):
     def normalisation(self, params: ExactOptimumParams) -> Normalisation:  # type: ignore[override]
         return params.normalisation
 
+    supports_groups = True
+
+    def measure_groups(self, params: ExactOptimumParams, batch: TrainedBatch,  # type: ignore[override]
+                       groups: np.ndarray) -> TruthResult:
+        """Remove each group of m points at once; the same procedure as :meth:`measure`."""
+        return self.measure(params, batch, groups)
+
     def measure(self, params: ExactOptimumParams, batch: TrainedBatch,  # type: ignore[override]
                 points: np.ndarray) -> TruthResult:
         import torch
@@ -64,7 +71,7 @@ class ExactOptimum(GroundTruth):
         self._check_convex(batch)
         model, model_params = batch.model, batch.model_params
         weight_name, bias_name = model.last_layer_names(model_params)
-        size, k = points.shape
+        size, k = points.shape[:2]
         n = batch.n_train
         with torch.no_grad():
             feats = model.features(model_params, batch.weights, batch.x_train).double()

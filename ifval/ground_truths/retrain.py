@@ -90,11 +90,18 @@ class RetrainFromOptimum(GroundTruth):
     def normalisation(self, params: RetrainParams) -> Normalisation:  # type: ignore[override]
         return params.normalisation
 
+    supports_groups = True
+
+    def measure_groups(self, params: RetrainParams, batch: TrainedBatch,  # type: ignore[override]
+                       groups: np.ndarray) -> TruthResult:
+        """Remove each group of m points at once; the same procedure as :meth:`measure`."""
+        return self.measure(params, batch, groups)
+
     def measure(self, params: RetrainParams, batch: TrainedBatch,  # type: ignore[override]
                 points: np.ndarray) -> TruthResult:
         import torch
 
-        size, k = points.shape
+        size, k = points.shape[:2]
         n = batch.n_train
         dtype = next(iter(batch.weights.values())).dtype
         # Row k of each model removes nothing: the same fine-tuning on all n

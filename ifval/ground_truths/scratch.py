@@ -73,6 +73,13 @@ class RetrainFromScratch(GroundTruth):
     def normalisation(self, params: ScratchParams) -> Normalisation:  # type: ignore[override]
         return params.normalisation
 
+    supports_groups = True
+
+    def measure_groups(self, params: ScratchParams, batch: TrainedBatch,  # type: ignore[override]
+                       groups: np.ndarray) -> TruthResult:
+        """Remove each group of m points at once; the same procedure as :meth:`measure`."""
+        return self.measure(params, batch, groups)
+
     def measure(self, params: ScratchParams, batch: TrainedBatch,  # type: ignore[override]
                 points: np.ndarray) -> TruthResult:
         import torch
@@ -81,7 +88,7 @@ class RetrainFromScratch(GroundTruth):
             msg = ("ground truth 'retrain_from_scratch' needs the training recipe of the batch, "
                    "but none was passed; build the TrainedBatch with `training` set")
             raise IfvalError(msg)
-        size, k = points.shape
+        size, k = points.shape[:2]
         seeds = params.seeds
         dtype = next(iter(batch.weights.values())).dtype
         keep = removal_weights(points, batch.n_train, params.normalisation, dtype)
