@@ -92,10 +92,12 @@ class Groups(_Strict):
         description="Points per group: an integer count (at least 2), or a fraction of the "
         "training set between 0 and 1, rounded to the nearest count.",
     )
-    kind: Literal["random", "same_class"] = Field(
+    kind: Literal["random", "same_class", "most_influential"] = Field(
         "random",
         description="`random`: distinct points drawn with the trial's seed; `same_class`: "
-        "distinct points of one class, the classes taken in turn.",
+        "distinct points of one class, the classes taken in turn; `most_influential`: the "
+        "training points ranked by the absolute estimate of the first estimator, group j "
+        "holding ranks j·m to (j + 1)·m − 1, so group 0 is the top m.",
     )
 
     @field_validator("size")

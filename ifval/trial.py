@@ -73,7 +73,10 @@ def run_batch(task: BatchTask, progress: StageProgress | None = None) -> list[di
     trained_at = time.perf_counter()
     train_losses = _per_sample_losses(batch)
     grouped = resolved.points.groups is not None
-    if grouped:
+    if grouped and resolved.points.groups.kind == "most_influential":  # type: ignore[union-attr]
+        with _context(task, "points.groups"):
+            points = influential_groups(resolved, batch)
+    elif grouped:
         points = select_groups(resolved.points, split.y_train, task.seeds)
     else:
         points = select_points(resolved.points, train_losses, task.seeds)
@@ -174,6 +177,31 @@ def select_groups(settings: Points, y_train: np.ndarray, seeds: tuple[int, ...])
             groups.append(np.sort(generator.choice(pool, size=members, replace=False)))
         trials.append(np.stack(groups))
     return np.stack(trials)
+
+
+def influential_groups(resolved: ResolvedCondition, batch) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Group the training points by the first estimator's ranking, an array ``(B, k, m)``.
+
+    Every training point is estimated (with the first ground truth's
+    normalisation) and ranked by the absolute estimate; group j holds ranks
+    j·m to (j + 1)·m − 1. Ties keep row order.
+    """
+    settings = resolved.points
+    assert settings.groups is not None
+    n = batch.n_train
+    members = settings.groups.members(n)
+    k = settings.k or 1
+    if k * members > n:
+        msg = (f"points.groups: {k} most-influential groups of {members} points need "
+               f"{k * members} training points but there are {n}; lower k or the size")
+        raise IfvalError(msg)
+    label, estimator, params = resolved.estimators[0]
+    _, truth, truth_params = resolved.ground_truths[0]
+    every_point = np.tile(np.arange(n), (batch.size, 1))
+    values = estimator.estimate(params, batch, every_point, truth.normalisation(truth_params))
+    order = np.argsort(-np.abs(values.values), axis=1, kind="stable")
+    logger.debug("most influential groups ranked by estimator %r", label)
+    return order[:, : k * members].reshape(batch.size, k, members)
 
 
 def _train(resolved: ResolvedCondition, split, seeds, dtype, progress):  # type: ignore[no-untyped-def]

@@ -144,3 +144,22 @@ def test_group_run_stores_members(tmp_path):
     assert members == 2 * 5 * 6
     assert rows == [(-1,)]
     assert labels == [0, 1, 2, 0, 1] * 2
+
+
+def test_most_influential_groups_follow_estimates(iris_split, convex):
+    from ifval.trial import influential_groups
+
+    _, batch = convex
+    resolved = SimpleNamespace(
+        points=Points(k=3, groups=Groups(size=4, kind="most_influential")),
+        estimators=[("exact", Exact(), ExactParams())],
+        ground_truths=[("exact_optimum", ExactOptimum(), ExactOptimumParams())])
+    groups = influential_groups(resolved, batch)
+    every = np.arange(len(iris_split.y_train))[None]
+    values = np.abs(Exact().estimate(ExactParams(), batch, every, "original_n").values[0])
+    assert groups.shape == (1, 3, 4)
+    ranked = values[groups[0]]
+    # Each group's smallest estimate is at least the next group's largest.
+    assert ranked[0].min() >= ranked[1].max()
+    assert ranked[1].min() >= ranked[2].max()
+    assert ranked[0].max() == values.max()
