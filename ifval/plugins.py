@@ -30,6 +30,7 @@ BUILTIN_MODULES = {
     "vdp": "ifval.models.vdp",
     "exact": "ifval.estimators.exact",
     "lissa": "ifval.estimators.lissa",
+    "group": "ifval.estimators.group",
     "retrain_from_optimum": "ifval.ground_truths.retrain",
     "exact_optimum": "ifval.ground_truths.exact_optimum",
     "retrain_from_scratch": "ifval.ground_truths.scratch",

@@ -32,7 +32,9 @@ BUILTINS = [
     ("model", "mlp"),
     ("model", "vdp"),
     ("estimator", "exact"),
+    ("estimator", "group"),
     ("estimator", "lissa"),
+    ("estimator", "second_order"),
     ("ground_truth", "exact_optimum"),
     ("ground_truth", "retrain_from_optimum"),
     ("ground_truth", "retrain_from_scratch"),
@@ -328,11 +330,11 @@ def test_unknown_hook_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_disabled_argument_removes_plugin() -> None:
     catalog = Catalog(get_plugin_manager(disabled=["exact"]))
 
-    assert catalog.registries["estimator"].names() == ["lissa"]
+    assert catalog.registries["estimator"].names() == ["group", "lissa", "second_order"]
 
 
 def test_disable_env_removes_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(DISABLE_ENV, " correlation, topk, exact , lissa")
+    monkeypatch.setenv(DISABLE_ENV, " correlation, topk, exact , lissa,group")
 
     catalog = Catalog(get_plugin_manager())
 
@@ -367,7 +369,8 @@ def test_disabled_plugin_unknown_in_protocol() -> None:
         validate_protocol(protocol, catalog=catalog)
 
     assert caught.value.problems == [
-        "estimators[0].name: unknown estimator 'exact'; known estimators: lissa"
+        "estimators[0].name: unknown estimator 'exact'; known estimators: group, lissa, "
+        "second_order"
     ]
 
 

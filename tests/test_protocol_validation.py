@@ -78,8 +78,8 @@ def validate_dict(tmp_path: Path, protocol: dict[str, Any]) -> tuple[Result, Pat
 MALFORMED = [
     pytest.param(
         changed("estimators", 0, "name", value="exakt"),
-        "estimators[0].name: unknown estimator 'exakt'; known estimators: exact, lissa. "
-        "Did you mean 'exact'?",
+        "estimators[0].name: unknown estimator 'exakt'; known estimators: exact, group, lissa, "
+        "second_order. Did you mean 'exact'?",
         id="unknown-estimator",
     ),
     pytest.param(

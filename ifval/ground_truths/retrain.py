@@ -44,6 +44,13 @@ class RetrainParams(BaseModel):
     plateau: Plateau | None = Field(
         None, description="ReduceLROnPlateau on each retrain's objective; null keeps lr fixed."
     )
+    batch_size: int | None = Field(
+        None, ge=1, strict=True,
+        description="Minibatch size: each epoch visits the training points in shuffled "
+        "minibatches (one Adam step each), the weights of a minibatch's kept points scaled "
+        "by n / size so its gradient is an unbiased estimate of the full one; null steps "
+        "on the full batch.",
+    )
     grad_tol: float | None = Field(
         None, gt=0,
         description="Convergence criterion: a retrain stops once the gradient norm of its "
@@ -122,6 +129,15 @@ class RetrainFromOptimum(GroundTruth):
         values = (final[:, :k] - reference[:, None]).numpy()
 
         diagnostics = run.diagnostics(result, params.basin_tolerance)
+        if params.batch_size is not None:
+            # Minibatch fits count optimizer steps; report epochs (passes over the data).
+            steps_per_epoch = -(-n // params.batch_size)
+            for row in diagnostics:
+                for entry in row:
+                    entry["trajectory_epochs"] = [e / steps_per_epoch
+                                                  for e in entry["trajectory_epochs"]]
+                    if entry["stopped_epoch"] is not None:
+                        entry["stopped_epoch"] /= steps_per_epoch
         for b, row in enumerate(diagnostics):
             row.pop()
             for entry in row:
@@ -150,8 +166,13 @@ class _Retrain:
         from ifval.training.fit import FitSettings, epoch_reporter, fit
 
         plateau = params.plateau
+        objective = self.objective()
+        steps = params.epochs
+        if params.batch_size is not None:
+            objective = self._minibatch_objective(params.batch_size)
+            steps = params.epochs * -(-self.batch.n_train // params.batch_size)
         settings = FitSettings(
-            epochs=params.epochs, lr=params.lr, weight_decay=self.decay,
+            epochs=steps, lr=params.lr, weight_decay=self.decay,
             records=TRAJECTORY_POINTS,
             stop_grad_tol=params.grad_tol, stop_patience=params.patience,
             stop_threshold=params.stop_threshold,
@@ -160,8 +181,43 @@ class _Retrain:
             plateau_threshold=plateau.threshold if plateau else 0.0,
             plateau_min_lr=plateau.min_lr if plateau else 0.0,
         )
-        on_epoch = epoch_reporter(self.batch.progress, "retraining", params.epochs)
-        return fit(self.start, self.objective(), settings, probe=self.test_loss, on_epoch=on_epoch)
+        on_epoch = epoch_reporter(self.batch.progress, "retraining", steps)
+        return fit(self.start, objective, settings, probe=self.test_loss, on_epoch=on_epoch)
+
+    def _minibatch_objective(self, batch_size: int):  # type: ignore[no-untyped-def]
+        """Return a ``ValueAndGrad`` that steps through shuffled minibatches, one per call.
+
+        Each model draws its own permutation of the training rows per epoch,
+        from a generator seeded by its trial seed, and its retrains share it.
+        The objective is rebuilt for each minibatch, which costs about as
+        much as the step itself.
+        """
+        import torch
+
+        n = self.batch.n_train
+        steps_per_epoch = -(-n // batch_size)
+        generators = [torch.Generator().manual_seed(
+            int(np.random.SeedSequence([seed, 4]).generate_state(1)[0]))
+            for seed in self.batch.seeds]
+        full_keep = self.keep
+        state = {"step": 0, "orders": []}
+
+        def value_and_grad(weights, need_value):  # type: ignore[no-untyped-def]
+            position = state["step"] % steps_per_epoch
+            if position == 0:
+                state["orders"] = [torch.randperm(n, generator=g) for g in generators]
+            mask = torch.zeros(self.size, 1, n, dtype=full_keep.dtype)
+            for b, order in enumerate(state["orders"]):
+                rows = order[position * batch_size : (position + 1) * batch_size]
+                mask[b, 0, rows] = n / len(rows)
+            state["step"] += 1
+            self.keep = full_keep * mask
+            try:
+                return self.objective()(weights, need_value)
+            finally:
+                self.keep = full_keep
+
+        return value_and_grad
 
     def diagnostics(self, result: FitResult, basin_tolerance: float) -> list[list[dict]]:
         import torch
