@@ -97,7 +97,8 @@ def test_flagged_scores_left_out():
 
 
 def test_basin_counts_with_ground_truth_factor():
-    table = basin_table(basin_flags(truths_frame()), ["model.width", "ground_truth"])
+    factors = ["model.width", "ground_truth", "estimator"]
+    table = basin_table(basin_flags(truths_frame()), factors)
     assert table is not None
     assert list(table.frame.columns[:2]) == ["model.width", "ground_truth"]
     assert len(table.frame) == 2

@@ -34,7 +34,8 @@ def basin_table(flags: pd.DataFrame, factors: list[str]) -> DisplayTable | None:
     if flags.empty:
         return None
     flags = flags.assign(trial_flagged=flags["flagged_retrains"] > 0)
-    keys = list(dict.fromkeys([*factors, "ground_truth"]))
+    # Factors such as `estimator` do not apply to a ground truth's retrains.
+    keys = list(dict.fromkeys([f for f in factors if f in flags.columns] + ["ground_truth"]))
     table = flags.groupby(keys, sort=False, dropna=False).agg(
         trials=("trial_id", "size"), flagged_trials=("trial_flagged", "sum"),
         retrains=("retrains", "sum"), flagged_retrains=("flagged_retrains", "sum"),
