@@ -133,7 +133,7 @@ class Model(PluginBase):
     def forward(
         self, params: BaseModel, weights: Mapping[str, torch.Tensor], x: torch.Tensor
     ) -> torch.Tensor:
-        """Output of shape ``(B, n, C')``: logits unless :meth:`head` says otherwise."""
+        """Output of shape ``(B, n, C')``: logits unless :meth:`head` is overridden."""
         return self.head(params, weights, self.features(params, weights, x))
 
     def predict(self, params: BaseModel, output: torch.Tensor) -> torch.Tensor:

@@ -232,7 +232,7 @@ class RunStore:
     def truths_frame(self):  # type: ignore[no-untyped-def]
         """Read one row per (trial, ground truth, checked point) with its parsed diagnostics.
 
-        The ``diagnostics`` column holds each point's dictionary as the
+        The ``diagnostics`` column contains each point's dictionary as the
         ground truth recorded it.
         """
         import pandas as pd

@@ -151,7 +151,7 @@ def select_points(settings: Points, train_losses: np.ndarray, seeds: tuple[int, 
 def select_groups(settings: Points, y_train: np.ndarray, seeds: tuple[int, ...]) -> np.ndarray:
     """Groups of training rows checked in each trial, an integer array ``(B, k, m)``.
 
-    Each group holds m distinct rows; different groups may share rows.
+    Each group contains m distinct rows, and different groups may share rows.
     ``same_class`` groups take the classes in turn, group j drawing from the
     j-th class modulo the number of classes.
     """
@@ -183,7 +183,7 @@ def influential_groups(resolved: ResolvedCondition, batch) -> np.ndarray:  # typ
     """Group the training points by the first estimator's ranking, an array ``(B, k, m)``.
 
     Every training point is estimated (with the first ground truth's
-    normalisation) and ranked by the absolute estimate; group j holds ranks
+    normalisation) and ranked by the absolute estimate; group j contains ranks
     j·m to (j + 1)·m − 1. Ties keep row order.
     """
     settings = resolved.points

@@ -91,7 +91,7 @@ def first_order_values(grads: torch.Tensor, solved: torch.Tensor, members: int, 
                        normalisation: str, regulariser_grad: torch.Tensor) -> torch.Tensor:
     """First-order predicted changes for removing groups of ``members`` points at once.
 
-    ``grads`` holds the per-sample gradients of k groups, shape ``(k·m, p)``,
+    ``grads`` contains the per-sample gradients of k groups, shape ``(k·m, p)``,
     group-major; ``solved`` is (H + λI)⁻¹ g_test. For ``original_n`` the
     prediction is (1/n) (Σ_{i∈U} g_i)ᵀ solved. For ``remaining`` (data term
     over the n − m other points) it is (1/(n − m)) (Σ_{i∈U} g_i + m r)ᵀ solved,

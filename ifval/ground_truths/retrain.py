@@ -281,7 +281,7 @@ class _LastLayerRetrain(_Retrain):
         return logits.reshape(self.size, self.classes, self.k, -1)
 
     def _full_weights(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Every parameter of the ``B·k`` retrains: fixed layers plus the trained last layer."""
+        """Combine the fixed layers of the ``B·k`` retrains with their trained last layer."""
         return {**self.fixed, self.weight_name: weights["weight"],
                 self.bias_name: weights["bias"]}
 

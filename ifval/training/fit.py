@@ -80,7 +80,7 @@ class FitResult:
     loss_window_start: torch.Tensor | None = None
     """Loss at 90% of the epochs, to report the change over the last tenth."""
     swa_snapshots: int = 0
-    """How many parameter snapshots the SWA average holds (0 without SWA)."""
+    """Number of parameter snapshots in the SWA average (0 without SWA)."""
     stopped_epoch: torch.Tensor | None = None
     """Epoch at which each model stopped early, or the epoch count for a model that ran on."""
 
