@@ -145,15 +145,24 @@ def test_changed_protocol_accepted_while_store_empty(tmp_path):
 
 @pytest.mark.slow
 def test_ground_truth_comparison_protocol(tmp_path):
-    """Three ground truths of the same estimates, with an ANOVA over the ground-truth factor."""
+    """Four ground truths of the same estimates, with an ANOVA over the ground-truth factor."""
+    # Training from scratch dominates this protocol's time; fewer seeds and
+    # epochs keep the test short and exercise the same path.
+    protocol = (ROOT / "protocols" / "iris_ground_truths.yaml").read_text()
+    scratch = "  - name: retrain_from_scratch\n    seeds: 3\n"
+    assert scratch in protocol
+    protocol = protocol.replace(scratch, "  - name: retrain_from_scratch\n    seeds: 2\n"
+                                         "    epochs: 300\n")
+    path = tmp_path / "ground_truths.yaml"
+    path.write_text(protocol)
     run_dir = tmp_path / "run"
-    result = ifval("run", "protocols/iris_ground_truths.yaml", "-o", str(run_dir))
+    result = ifval("run", str(path), "-o", str(run_dir))
 
     assert result.returncode == 0, result.stderr
     anova = pd.read_csv(run_dir / "report" / "anova.csv")
     across_truths = anova[anova["factor"] == "ground_truth"]
     assert len(across_truths) == 3 * 4
-    assert across_truths["levels"].eq(3).all()
+    assert across_truths["levels"].eq(4).all()
     points = pd.read_csv(run_dir / "report" / "cells.csv")
     assert set(points["ground_truth"]) == {"retrain_paper", "retrain_drift_corrected",
-                                           "exact_optimum"}
+                                           "retrain_from_scratch", "exact_optimum"}
