@@ -182,9 +182,10 @@ def select_groups(settings: Points, y_train: np.ndarray, seeds: tuple[int, ...])
 def influential_groups(resolved: ResolvedCondition, batch) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Group the training points by the first estimator's ranking, an array ``(B, k, m)``.
 
-    Every training point is estimated (with the first ground truth's
-    normalisation) and ranked by the absolute estimate; group j contains ranks
-    j·m to (j + 1)·m − 1. Ties keep row order.
+    The first estimator estimates every training point, with the first
+    ground truth's normalisation, and the points are ranked by the absolute
+    estimate. Group j contains ranks j·m to (j + 1)·m − 1, and ties keep row
+    order.
     """
     settings = resolved.points
     assert settings.groups is not None

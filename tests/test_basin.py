@@ -92,8 +92,8 @@ def test_flagged_scores_left_out():
     scores = pd.DataFrame({"trial_id": ["a-0000", "a-0001", "a-0001", "b-0000"],
                            "ground_truth": ["retrain", "retrain", "exact_optimum", "retrain"],
                            "value": [0.5, 0.2, 0.9, 0.1]})
-    kept = _without_basin_jumps(scores, basin_flags(truths_frame()))
-    assert kept["value"].tolist() == [0.5, 0.9]
+    remaining = _without_basin_jumps(scores, basin_flags(truths_frame()))
+    assert remaining["value"].tolist() == [0.5, 0.9]
 
 
 def test_basin_counts_with_ground_truth_factor():

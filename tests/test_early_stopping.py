@@ -53,7 +53,8 @@ def test_stopped_model_keeps_its_parameters(iris_split):
                            stop_patience=10, stop_threshold=1e-2)
     stopped = fit(weights, objective, stopping)
     epochs = stopped.stopped_epoch.tolist()
-    assert epochs[0] < 3000 and epochs[1] < 3000
+    assert epochs[0] < 3000
+    assert epochs[1] < 3000
     assert epochs[0] != epochs[1]
 
     for b, epoch in enumerate(epochs):
