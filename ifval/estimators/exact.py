@@ -8,8 +8,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 import ifval
-from ifval.errors import NumericalError
-from ifval.estimators.scope import SCOPE_DESCRIPTION, Scope, first_order_values, flat_problem
+from ifval.estimators.scope import SCOPE_DESCRIPTION, Scope, first_order_values
 from ifval.kinds import EstimateResult, Estimator, Normalisation, TrainedBatch
 
 logger = logging.getLogger(__name__)
@@ -63,64 +62,25 @@ class Exact(Estimator):
     def _estimate_one(self, params: ExactParams, batch: TrainedBatch, index: int,
                       points: np.ndarray, normalisation: Normalisation) -> tuple[np.ndarray, dict]:
         import torch
-        from torch.func import grad, hessian, vmap
+        from torch.func import grad, vmap
 
-        problem = flat_problem(batch, index, params.scope)
-        decay = float(batch.weight_decay[index])
-        n = batch.n_train
-        y_train = batch.y_train
+        from ifval.estimators.curvature import build_curvature
+
+        curvature = build_curvature(self.name, params, batch, index)
+        problem = curvature.problem
         chosen = torch.as_tensor(points, dtype=torch.long).reshape(-1)
-
-        def mean_train_loss(theta: torch.Tensor) -> torch.Tensor:
-            return problem.loss(theta, problem.inputs_train, y_train).mean()
 
         def one_loss(theta: torch.Tensor, inputs: torch.Tensor,
                      label: torch.Tensor) -> torch.Tensor:
             return problem.loss(theta, inputs[None], label[None])[0]
 
-        theta = problem.theta
-        hess = hessian(mean_train_loss)(theta)
-        # ∇ of the parameter-only part of the objective at θ̂: w θ̂ plus the model's penalty.
-        regulariser_grad = decay * theta
-        if problem.penalty is not None:
-            hess = hess + hessian(problem.penalty)(theta)
-            regulariser_grad = regulariser_grad + grad(problem.penalty)(theta)
-        size = theta.numel()
-        system = hess + (decay + params.damping) * torch.eye(size, dtype=theta.dtype)
-        system = 0.5 * (system + system.T)
         grads = vmap(grad(one_loss), in_dims=(None, 0, 0))(
-            theta, problem.inputs_train[chosen], y_train[chosen]
+            problem.theta, problem.inputs_train[chosen], batch.y_train[chosen]
         )
-        test_grad = grad(lambda t: problem.loss(t, problem.inputs_test, batch.y_test).mean())(theta)
-
-        # A last-layer cross-entropy Hessian without decay or damping is singular
-        # (adding one vector to every class's logit weights changes no
-        # probability), and Cholesky can still succeed on the rounding error, so
-        # the spectrum is checked first.
-        eigenvalues = torch.linalg.eigvalsh(system)
-        smallest, largest = float(eigenvalues[0]), float(eigenvalues[-1])
-        factor, failure = torch.linalg.cholesky_ex(system)
-        if int(failure) != 0 or smallest <= params.rtol * abs(largest):
-            raise self._indefinite_error(smallest, largest, params, decay, batch.seeds[index])
-        solved = torch.cholesky_solve(test_grad[:, None], factor)[:, 0]
-
         members = points.shape[1] if points.ndim == 2 else 1
-        values = first_order_values(grads, solved, members, n, normalisation, regulariser_grad)
-        details = {"parameters": size, "scope": params.scope, "damping": params.damping,
-                   "min_eigenvalue": smallest, "max_eigenvalue": largest}
-        return values.detach().numpy(), details
-
-    @staticmethod
-    def _indefinite_error(smallest: float, largest: float, params: ExactParams, decay: float,
-                          seed: int) -> NumericalError:
-        suggestion = params.damping + max(-smallest, 0.0) + 1e-3 * max(abs(largest), 1e-12)
-        msg = (
-            f"estimator 'exact' (scope {params.scope}, seed {seed}): H + λI is not positive "
-            f"definite; its smallest eigenvalue is {smallest:.3e} (largest {largest:.3e}, "
-            f"weight decay {decay:g}, damping λ={params.damping:g}); set the estimator's "
-            f"`damping` to at least {suggestion:.3g}"
-        )
-        return NumericalError(msg)
+        values = first_order_values(grads, curvature.solved_test, members, batch.n_train,
+                                    normalisation, curvature.regulariser_grad)
+        return values.detach().numpy(), curvature.details
 
 
 @ifval.hookimpl
