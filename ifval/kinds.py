@@ -152,6 +152,24 @@ class Model(PluginBase):
         """
         return None
 
+    def head_objective(
+        self, params: BaseModel, weights: Mapping[str, torch.Tensor], feats: torch.Tensor,
+        y: torch.Tensor, sample_weights: torch.Tensor,
+    ):  # type: ignore[no-untyped-def]
+        """Return a ``ValueAndGrad`` for retraining the last layer alone, or None.
+
+        ``weights`` contain the ``B`` trained models, ``feats`` ``(B, n, h)`` their
+        fixed features on the training inputs, and ``sample_weights``
+        ``(B, k, n)`` the point weights of k retrains per model. The returned
+        function takes ``{"weight": (B·k, ...), "bias": (B·k, ...)}``, the last
+        layer of retrain ``b·k + j`` of model b, and gives each retrain's data
+        term Σ_i a_bji ℓ_i plus :meth:`penalty` with every other parameter
+        fixed at θ̂, and its gradient. The default None lets the retrain
+        differentiate :meth:`head`, :meth:`loss` and :meth:`penalty` with
+        autograd; a model with its own head may write the gradients by hand.
+        """
+        return None
+
     @property
     def has_affine_head(self) -> bool:
         """Whether :meth:`head`, :meth:`loss` and :meth:`penalty` are the defaults.

@@ -16,8 +16,9 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from ifval.estimators.exact import Exact, ExactParams
-from ifval.ground_truths.retrain import RetrainFromOptimum, RetrainParams
-from ifval.kinds import TrainedBatch
+from ifval.ground_truths.retrain import RetrainFromOptimum, RetrainParams, _LastLayerRetrain
+from ifval.ground_truths.weights import removal_weights
+from ifval.kinds import Model, TrainedBatch
 from ifval.models.vdp import (
     VDP,
     VDPParams,
@@ -349,6 +350,78 @@ def test_objective_gradients_match_finite_differences(activation, softmax_varian
             lower = value_and_grad(shifted, True)[0][index[0]]
             numeric[index] = (upper - lower) / (2 * step)
         torch.testing.assert_close(grads[name], numeric, rtol=1e-6, atol=1e-8,
+                                   msg=lambda text, name=name: f"{name}: {text}")
+
+
+class AutogradVDP(VDP):
+    """The vdp with every gradient left to autograd, as reference."""
+
+    def objective(self, params, x, y, sample_weights):
+        return Model.objective(self, params, x, y, sample_weights)
+
+    def head_objective(self, params, weights, feats, y, sample_weights):
+        return None
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+@pytest.mark.parametrize("activation", ["selu", "tanh", "relu"])
+def test_hand_written_objective_matches_autograd(activation, depth):
+    params = VDPParams(depth=depth, width=4, activation=activation, variance_floor=0.05)
+    model, weights, x, y = small_batch(params, seed=12, size=3)
+    sample_weights = torch.rand(3, 6, generator=torch.Generator().manual_seed(13),
+                                dtype=torch.float64)
+
+    values, grads = model.objective(params, x, y, sample_weights)(weights, True)
+    expected_values, expected = AutogradVDP().objective(params, x, y, sample_weights)(
+        weights, True)
+
+    # Both are float64 sums of the same terms in a different order.
+    torch.testing.assert_close(values, expected_values, rtol=1e-12, atol=0)
+    assert expected.keys() == grads.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(grads[name], value, rtol=1e-10, atol=1e-14,
+                                   msg=lambda text, name=name: f"{name}: {text}")
+
+
+def test_full_jacobian_variance_uses_autograd():
+    params = VDPParams(depth=1, width=4, softmax_variance="full_jacobian")
+    model, weights, x, y = small_batch(params, seed=14)
+    sample_weights = torch.full((2, 6), 1 / 6, dtype=torch.float64)
+
+    assert model.head_objective(params, weights, model.features(params, weights, x), y,
+                                sample_weights[:, None]) is None
+    values, _ = model.objective(params, x, y, sample_weights)(weights, True)
+    output = model.forward(params, weights, x)
+    expected = model.loss(params, output, y).mean(dim=1) + model.penalty(params, weights)
+    torch.testing.assert_close(values, expected, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("activation", ["selu", "tanh"])
+def test_hand_written_head_retrain_matches_autograd(activation):
+    params = VDPParams(depth=2, width=4, activation=activation, variance_floor=0.05)
+    model, weights, x, y = small_batch(params, seed=15, size=2)
+    n, k = len(y), 3
+    points = np.array([[0, 3, 5], [1, 1, 4]])
+    keep = removal_weights(points, n, "original_n", torch.float64)
+    # Retrains away from θ̂, so that every term of the gradient is non-zero.
+    retrains = {"weight": weights["out.weight"].repeat_interleave(k + 1, dim=0),
+                "bias": weights["out.bias"].repeat_interleave(k + 1, dim=0)}
+    generator = torch.Generator().manual_seed(16)
+    retrains = {name: value + 0.3 * torch.randn(value.shape, generator=generator,
+                                                dtype=torch.float64)
+                for name, value in retrains.items()}
+
+    def retrain_objective(model):
+        batch = TrainedBatch(model, params, weights, x, y, x, y,
+                             torch.zeros(2, dtype=torch.float64), [0, 1])
+        return _LastLayerRetrain(batch, keep).objective()
+
+    values, grads = retrain_objective(VDP())(retrains, True)
+    expected_values, expected = retrain_objective(AutogradVDP())(retrains, True)
+
+    torch.testing.assert_close(values, expected_values, rtol=1e-12, atol=0)
+    for name, value in expected.items():
+        torch.testing.assert_close(grads[name], value, rtol=1e-10, atol=1e-14,
                                    msg=lambda text, name=name: f"{name}: {text}")
 
 

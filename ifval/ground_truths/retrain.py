@@ -309,6 +309,10 @@ class _LastLayerRetrain(_Retrain):
         sample_weights = self.keep.reshape(self.size * self.k, -1)
         if not self.affine:
             model, model_params = self.batch.model, self.batch.model_params
+            written = model.head_objective(model_params, self.batch.weights, self.feats_train,
+                                           self.batch.y_train, self.keep)
+            if written is not None:
+                return written
 
             def objective(weights):  # type: ignore[no-untyped-def]
                 total = (self._losses(weights, False) * sample_weights).sum(dim=1)

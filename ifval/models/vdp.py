@@ -268,6 +268,234 @@ class VDP(Model):
                 total = total + kl.flatten(1).sum(dim=1)
         return params.kl_weight * total
 
+    def objective(self, params: VDPParams, x, y, sample_weights):  # type: ignore[no-untyped-def,override]
+        """Return a ``ValueAndGrad`` of Σ_i a_bi ℓ_bi + penalty with hand-written gradients.
+
+        On 50 stacked networks of width 20 to 50 this measured 1.7 to 1.9
+        times as fast as autograd. The ``full_jacobian`` softmax variance, and
+        a subclass with its own forward, head, loss or penalty, use autograd
+        instead. Tests check the gradients against autograd and finite
+        differences.
+        """
+        import torch
+
+        if not self._hand_written(params):
+            return super().objective(params, x, y, sample_weights)
+        batch = sample_weights.shape[0]
+        inputs = x.expand(batch, *x.shape[-2:])
+        inputs_squared = inputs.square()
+        weights_column = sample_weights[..., None]
+        one_hot: torch.Tensor | None = None
+
+        def value_and_grad(weights, need_value):  # type: ignore[no-untyped-def]
+            nonlocal one_hot
+            layers = _layer_names(params)
+            variances = {f"{name}.{kind}": torch.nn.functional.softplus(
+                weights[f"{name}.{kind}_rho"]) for name in layers for kind in ("weight", "bias")}
+            # Forward: keep each layer's input moments and pre-activations.
+            mean, var = inputs, None
+            stored = []
+            for i, name in enumerate(layers):
+                weight_mean, bias_mean = weights[f"{name}.weight"], weights[f"{name}.bias"]
+                weight_var, bias_var = variances[f"{name}.weight"], variances[f"{name}.bias"]
+                mean_squared = inputs_squared if i == 0 else mean.square()
+                pre_mean = torch.baddbmm(bias_mean[:, None, :], mean, weight_mean)
+                pre_var = torch.baddbmm(bias_var[:, None, :], mean_squared, weight_var)
+                if var is not None:
+                    pre_var = pre_var + var @ (weight_var + weight_mean.square())
+                stored.append((mean, mean_squared, var, pre_mean, pre_var))
+                if name == "out":
+                    break
+                mean, slope, curvature = _activation_slopes(params.activation, pre_mean)
+                var = pre_var * slope.square()
+                stored[-1] += (slope, curvature)
+
+            probs = torch.softmax(pre_mean, dim=-1)
+            if one_hot is None:
+                one_hot = torch.nn.functional.one_hot(y, probs.shape[-1]).to(probs.dtype)
+            spread = probs * (1.0 - probs)
+            out_var = spread.square() * pre_var
+            floored = out_var + params.variance_floor
+            residual = one_hot - probs
+            scaled = residual / floored
+            values = None
+            if need_value:
+                losses = 0.5 * (residual * scaled
+                                + params.log_det_weight * torch.log(floored)).sum(dim=-1)
+                values = (losses * sample_weights).sum(dim=1)
+            # ∂ℓ/∂σ²_out and ∂ℓ/∂μ_out of ℓ = ½ Σ_c [r_c² / q_c + α log q_c], r = y − μ, q = σ² + ε.
+            grad_out_var = 0.5 * (params.log_det_weight / floored - scaled.square())
+            grad_probs = weights_column * (
+                grad_out_var * 2.0 * spread * (1.0 - 2.0 * probs) * pre_var - scaled)
+            grad_mean = probs * (grad_probs - (grad_probs * probs).sum(dim=-1, keepdim=True))
+            grad_var = weights_column * grad_out_var * spread.square()
+
+            grads = {}
+            for i in reversed(range(len(layers))):
+                name = layers[i]
+                mean_in, mean_in_squared, var_in, pre_mean, pre_var, *slopes = stored[i]
+                if slopes:
+                    slope, curvature = slopes
+                    # μ_a = f(z), σ²_a = t f′(z)²: chain the upstream moments to z and t.
+                    grad_pre = grad_mean * slope + grad_var * pre_var * 2.0 * slope * curvature
+                    grad_var = grad_var * slope.square()
+                    grad_mean = grad_pre
+                weight_mean = weights[f"{name}.weight"]
+                weight_var = variances[f"{name}.weight"]
+                grad_weight_var = mean_in_squared.transpose(1, 2) @ grad_var
+                grad_weight_mean = mean_in.transpose(1, 2) @ grad_mean
+                if var_in is not None:
+                    through_var = var_in.transpose(1, 2) @ grad_var
+                    grad_weight_var = grad_weight_var + through_var
+                    grad_weight_mean = grad_weight_mean + 2.0 * weight_mean * through_var
+                grads[f"{name}.weight"] = grad_weight_mean
+                grads[f"{name}.bias"] = grad_mean.sum(dim=1)
+                grads[f"{name}.weight_rho"] = grad_weight_var * torch.sigmoid(
+                    weights[f"{name}.weight_rho"])
+                grads[f"{name}.bias_rho"] = grad_var.sum(dim=1) * torch.sigmoid(
+                    weights[f"{name}.bias_rho"])
+                if var_in is not None:
+                    # Back to this layer's inputs, the moments of the activation below.
+                    upstream_var = grad_var
+                    grad_mean = (grad_mean @ weight_mean.transpose(1, 2)
+                                 + 2.0 * mean_in * (upstream_var @ weight_var.transpose(1, 2)))
+                    grad_var = upstream_var @ (weight_var + weight_mean.square()).transpose(1, 2)
+
+            kl_value = self._add_penalty_gradients(params, weights, variances, grads)
+            if need_value:
+                values = values + kl_value
+            return values, grads
+
+        return value_and_grad
+
+    def head_objective(self, params: VDPParams, weights, feats, y, sample_weights):  # type: ignore[no-untyped-def,override]
+        """Hand-written retraining of the last layer's means, k retrains per model.
+
+        With the features ``[μ_a, σ²_a]`` and the variances fixed, retrain j
+        of model b has output moments μ = μ_a W_j + b_j and
+        σ² = c_b + σ²_a W_j², where c_b = σ²_b + (μ_a² + σ²_a) σ²_W is the same
+        for all its retrains. The k retrains of a model share one
+        ``(C·k, h) @ (h, n)`` product per moment, laid out class-major as in
+        the mlp's retrain. The penalty is the KL of θ̂ with the last layer's
+        means replaced, kl_weight · ‖(W_j, b_j)‖² / (2s²) plus a constant.
+        """
+        import torch
+
+        if not self._hand_written(params):
+            return None
+        size, k, n = sample_weights.shape
+        mean_in, var_in = feats.chunk(2, dim=-1)
+        hidden = mean_in.shape[-1]
+        weight_var = torch.nn.functional.softplus(weights["out.weight_rho"])
+        bias_var = torch.nn.functional.softplus(weights["out.bias_rho"])
+        classes = weight_var.shape[-1]
+        # c_b, class-major (B, C, 1, n); inputs transposed to (B, h, n) for the products.
+        fixed_var = torch.baddbmm(bias_var[:, None, :], mean_in.square() + var_in, weight_var)
+        fixed_var = fixed_var.transpose(1, 2)[:, :, None, :].contiguous()
+        mean_in_t = mean_in.transpose(1, 2).contiguous()
+        var_in_t = var_in.transpose(1, 2).contiguous()
+        one_hot = torch.nn.functional.one_hot(y, classes).to(feats.dtype).T[None, :, None, :]
+        keep = sample_weights[:, None]
+        prior = params.prior_variance
+        start_means = (weights["out.weight"].flatten(1).square().sum(dim=1)
+                       + weights["out.bias"].square().sum(dim=1))
+        constant = self.penalty(params, weights) - params.kl_weight * start_means / (2 * prior)
+        constant = constant.repeat_interleave(k)
+
+        def class_major(weight: torch.Tensor) -> torch.Tensor:
+            """``(B·k, h, C)`` → ``(B, C·k, h)``."""
+            return (weight.reshape(size, k, hidden, classes).permute(0, 3, 1, 2)
+                    .reshape(size, classes * k, hidden))
+
+        def value_and_grad(retrain_weights, need_value):  # type: ignore[no-untyped-def]
+            weight = class_major(retrain_weights["weight"])
+            bias = retrain_weights["bias"].reshape(size, k, classes).permute(0, 2, 1)
+            mean = (weight @ mean_in_t).reshape(size, classes, k, n) + bias[..., None]
+            var = (weight.square() @ var_in_t).reshape(size, classes, k, n) + fixed_var
+            largest = mean.amax(dim=1, keepdim=True)
+            exponentials = torch.exp(mean - largest)
+            probs = exponentials / exponentials.sum(dim=1, keepdim=True)
+            spread = probs * (1.0 - probs)
+            floored = spread.square() * var + params.variance_floor
+            residual = one_hot - probs
+            scaled = residual / floored
+            values = None
+            if need_value:
+                losses = 0.5 * (residual * scaled
+                                + params.log_det_weight * torch.log(floored)).sum(dim=1)
+                values = (losses * sample_weights).sum(dim=2).reshape(-1)
+            grad_out_var = 0.5 * (params.log_det_weight / floored - scaled.square())
+            grad_probs = keep * (grad_out_var * 2.0 * spread * (1.0 - 2.0 * probs) * var - scaled)
+            grad_mean = probs * (grad_probs - (grad_probs * probs).sum(dim=1, keepdim=True))
+            grad_var = keep * grad_out_var * spread.square()
+            flat_mean = grad_mean.reshape(size, classes * k, n)
+            flat_var = grad_var.reshape(size, classes * k, n)
+            grad_weight = (flat_mean @ mean_in
+                           + 2.0 * weight * (flat_var @ var_in)).reshape(size, classes, k, hidden)
+            decay = params.kl_weight / prior
+            grads = {
+                "weight": grad_weight.permute(0, 2, 3, 1).reshape(size * k, hidden, classes)
+                + decay * retrain_weights["weight"],
+                "bias": grad_mean.sum(dim=3).transpose(1, 2).reshape(size * k, classes)
+                + decay * retrain_weights["bias"],
+            }
+            if need_value:
+                squared = (retrain_weights["weight"].flatten(1).square().sum(dim=1)
+                           + retrain_weights["bias"].square().sum(dim=1))
+                values = values + constant + decay * squared / 2
+            return values, grads
+
+        return value_and_grad
+
+    def _hand_written(self, params: VDPParams) -> bool:
+        """Return whether the objectives may use the hand-written gradients."""
+        cls = type(self)
+        return (params.softmax_variance == "jacobian_diagonal"
+                and all(getattr(cls, hook) is getattr(VDP, hook)
+                        for hook in ("features", "head", "loss", "penalty", "forward")))
+
+    def _add_penalty_gradients(self, params: VDPParams, weights: Mapping[str, torch.Tensor],
+                               variances: Mapping[str, torch.Tensor],
+                               grads: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Add the gradient of :meth:`penalty` to ``grads`` and return the penalty.
+
+        Per weight, KL = ½ [(σ² + μ²)/s² − 1 − log(σ²/s²)], so ∂KL/∂μ = μ/s²
+        and ∂KL/∂ρ = ½ (1/s² − 1/σ²) sigmoid(ρ).
+        """
+        import torch
+
+        prior = params.prior_variance
+        total = torch.zeros_like(grads["out.bias"][:, 0])
+        for name, var in variances.items():
+            mean = weights[name]
+            kl = 0.5 * ((var + mean.square()) / prior - 1.0 - torch.log(var / prior))
+            total = total + kl.flatten(1).sum(dim=1)
+            grads[name] = grads[name] + (params.kl_weight / prior) * mean
+            grads[f"{name}_rho"] = grads[f"{name}_rho"] + params.kl_weight * 0.5 * (
+                1.0 / prior - 1.0 / var) * torch.sigmoid(weights[f"{name}_rho"])
+        return params.kl_weight * total
+
+
+def _activation_slopes(name: str,
+                       pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return f(``pre``), f′(``pre``) and f″(``pre``) of the hidden activation ``name``.
+
+    f″ is what autograd gives for :func:`activation_derivative`: zero for relu,
+    and for selu zero above 0 and scale·α·eᶻ at or below it.
+    """
+    import torch
+
+    if name == "tanh":
+        value = torch.tanh(pre)
+        slope = 1.0 - value.square()
+        return value, slope, -2.0 * value * slope
+    if name == "relu":
+        return torch.relu(pre), (pre > 0).to(pre.dtype), torch.zeros_like(pre)
+    negative = SELU_SCALE * SELU_ALPHA * torch.exp(torch.clamp(pre, max=0.0))
+    positive = pre > 0
+    return (torch.selu(pre), torch.where(positive, torch.full_like(pre, SELU_SCALE), negative),
+            torch.where(positive, torch.zeros_like(pre), negative))
+
 
 def _layer_names(params: VDPParams) -> list[str]:
     return [f"layers.{i}" for i in range(params.depth)] + ["out"]
