@@ -105,7 +105,7 @@ class MLP(Model):
         classes = None
         batch = sample_weights.shape[0]
         inputs = x.expand(batch, *x.shape[-2:])
-        weights_column = sample_weights[..., None]
+        weights_row = sample_weights[:, None, :]
 
         def value_and_grad(weights, need_value):  # type: ignore[no-untyped-def]
             nonlocal classes
@@ -113,16 +113,25 @@ class MLP(Model):
             for i in range(params.depth):
                 pre = affine(weights[f"layers.{i}.bias"], hidden[-1], weights[f"layers.{i}.weight"])
                 hidden.append(act(pre))
-            logits = affine(weights["out.bias"], hidden[-1], weights["out.weight"])
+            # Logits class-major, (B, C, n), so the softmax is elementwise work on C rows.
+            # torch's softmax and log-softmax over a last dimension of size 3 took 40%
+            # of a width-8 training step (50 models on Iris).
+            logits = torch.baddbmm(weights["out.bias"][:, :, None],
+                                   weights["out.weight"].transpose(1, 2),
+                                   hidden[-1].transpose(1, 2))
             if classes is None:
-                one_hot = torch.nn.functional.one_hot(y, logits.shape[-1]).to(logits.dtype)
-                classes = weights_column * one_hot
+                one_hot = torch.nn.functional.one_hot(y, logits.shape[1]).to(logits.dtype)
+                classes = weights_row * one_hot.T
+            shifted = logits - logits.amax(dim=1, keepdim=True)
+            exponentials = shifted.exp()
+            total = exponentials.sum(dim=1, keepdim=True)
             # ∂/∂logits of Σ_i a_i ℓ_i is a_i (softmax − one-hot).
-            upstream = torch.addcmul(-classes, torch.softmax(logits, dim=-1), weights_column)
+            upstream = torch.addcmul(-classes, exponentials, weights_row / total)
 
             values = None
             if need_value:
-                values = -(torch.log_softmax(logits, dim=-1) * classes).sum(dim=(1, 2))
+                values = -(classes * (shifted - total.log())).sum(dim=(1, 2))
+            upstream = upstream.transpose(1, 2)
             grads = {
                 "out.weight": hidden[-1].transpose(1, 2) @ upstream,
                 "out.bias": upstream.sum(dim=1),

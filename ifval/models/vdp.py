@@ -284,7 +284,7 @@ class VDP(Model):
         batch = sample_weights.shape[0]
         inputs = x.expand(batch, *x.shape[-2:])
         inputs_squared = inputs.square()
-        weights_column = sample_weights[..., None]
+        weights_row = sample_weights[:, None, :]
         one_hot: torch.Tensor | None = None
 
         def value_and_grad(weights, need_value):  # type: ignore[no-untyped-def]
@@ -299,20 +299,33 @@ class VDP(Model):
                 weight_mean, bias_mean = weights[f"{name}.weight"], weights[f"{name}.bias"]
                 weight_var, bias_var = variances[f"{name}.weight"], variances[f"{name}.bias"]
                 mean_squared = inputs_squared if i == 0 else mean.square()
+                if name == "out":
+                    # The output moments class-major, (B, C, n), so that the softmax
+                    # and the sums over the C classes are elementwise work on C rows.
+                    pre_mean = torch.baddbmm(bias_mean[:, :, None], weight_mean.transpose(1, 2),
+                                             mean.transpose(1, 2))
+                    pre_var = torch.baddbmm(bias_var[:, :, None], weight_var.transpose(1, 2),
+                                            mean_squared.transpose(1, 2))
+                    if var is not None:
+                        pre_var = pre_var + ((weight_var + weight_mean.square()).transpose(1, 2)
+                                             @ var.transpose(1, 2))
+                    stored.append((mean, mean_squared, var))
+                    break
                 pre_mean = torch.baddbmm(bias_mean[:, None, :], mean, weight_mean)
                 pre_var = torch.baddbmm(bias_var[:, None, :], mean_squared, weight_var)
                 if var is not None:
                     pre_var = pre_var + var @ (weight_var + weight_mean.square())
-                stored.append((mean, mean_squared, var, pre_mean, pre_var))
-                if name == "out":
-                    break
+                layer_inputs = (mean, mean_squared, var)
                 mean, slope, curvature = _activation_slopes(params.activation, pre_mean)
-                var = pre_var * slope.square()
-                stored[-1] += (slope, curvature)
+                slope_squared = slope.square()
+                var = pre_var * slope_squared
+                stored.append((*layer_inputs, pre_var, slope, slope_squared, curvature))
 
-            probs = torch.softmax(pre_mean, dim=-1)
+            largest = pre_mean.amax(dim=1, keepdim=True)
+            exponentials = (pre_mean - largest).exp()
+            probs = exponentials / exponentials.sum(dim=1, keepdim=True)
             if one_hot is None:
-                one_hot = torch.nn.functional.one_hot(y, probs.shape[-1]).to(probs.dtype)
+                one_hot = torch.nn.functional.one_hot(y, probs.shape[1]).to(probs.dtype).T
             spread = probs * (1.0 - probs)
             out_var = spread.square() * pre_var
             floored = out_var + params.variance_floor
@@ -321,24 +334,26 @@ class VDP(Model):
             values = None
             if need_value:
                 losses = 0.5 * (residual * scaled
-                                + params.log_det_weight * torch.log(floored)).sum(dim=-1)
+                                + params.log_det_weight * torch.log(floored)).sum(dim=1)
                 values = (losses * sample_weights).sum(dim=1)
             # ∂ℓ/∂σ²_out and ∂ℓ/∂μ_out of ℓ = ½ Σ_c [r_c² / q_c + α log q_c], r = y − μ, q = σ² + ε.
             grad_out_var = 0.5 * (params.log_det_weight / floored - scaled.square())
-            grad_probs = weights_column * (
+            grad_probs = weights_row * (
                 grad_out_var * 2.0 * spread * (1.0 - 2.0 * probs) * pre_var - scaled)
-            grad_mean = probs * (grad_probs - (grad_probs * probs).sum(dim=-1, keepdim=True))
-            grad_var = weights_column * grad_out_var * spread.square()
+            grad_mean = probs * (grad_probs - (grad_probs * probs).sum(dim=1, keepdim=True))
+            grad_var = weights_row * grad_out_var * spread.square()
+            # Back to the (B, n, C) layout of the layers, as views.
+            grad_mean, grad_var = grad_mean.transpose(1, 2), grad_var.transpose(1, 2)
 
             grads = {}
             for i in reversed(range(len(layers))):
                 name = layers[i]
-                mean_in, mean_in_squared, var_in, pre_mean, pre_var, *slopes = stored[i]
-                if slopes:
-                    slope, curvature = slopes
+                mean_in, mean_in_squared, var_in, *activation = stored[i]
+                if activation:
+                    pre_var, slope, slope_squared, curvature = activation
                     # μ_a = f(z), σ²_a = t f′(z)²: chain the upstream moments to z and t.
                     grad_pre = grad_mean * slope + grad_var * pre_var * 2.0 * slope * curvature
-                    grad_var = grad_var * slope.square()
+                    grad_var = grad_var * slope_squared
                     grad_mean = grad_pre
                 weight_mean = weights[f"{name}.weight"]
                 weight_var = variances[f"{name}.weight"]
