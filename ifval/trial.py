@@ -55,13 +55,18 @@ def run_batch(task: BatchTask, progress: StageProgress | None = None) -> list[di
     """Run every repetition of ``task`` and return one record per trial."""
     import torch
 
+    from ifval.allocator import tune_allocator
+
+    tune_allocator()
     resolved = resolve_condition(task.config)
     started = time.perf_counter()
     dataset, dataset_params = resolved.dataset
     split = dataset.load(dataset_params)
     dtype = getattr(torch, resolved.training.dtype)
+    loaded_at = time.perf_counter()
 
     batch, fit_result = _train(resolved, split, task.seeds, dtype, progress)
+    fitted_at = time.perf_counter()
     spectra: list[dict[str, Any]] = [{} for _ in task.seeds]
     if resolved.hessian is not None:
         from ifval.spectrum import hessian_spectrum
@@ -107,7 +112,9 @@ def run_batch(task: BatchTask, progress: StageProgress | None = None) -> list[di
     estimated_at = time.perf_counter()
 
     timings = {
-        "training_s": trained_at - started,
+        "loading_s": loaded_at - started,
+        "training_s": fitted_at - loaded_at,
+        "hessian_s": trained_at - fitted_at,
         "ground_truths_s": truths_at - trained_at,
         "estimators_s": estimated_at - truths_at,
         "batch_size": len(task.seeds),
