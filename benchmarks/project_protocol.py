@@ -34,8 +34,11 @@ from ifval.protocol import expand_conditions, load_protocol
 from ifval.trial import BatchTask, repetition_seed, run_batch
 
 
-def scaled_config(config: dict, scale: int, damping: float | None = None) -> dict:
+def scaled_config(config: dict, scale: int, damping: float | None = None,
+                  dtype: str | None = None) -> dict:
     config = copy.deepcopy(config)
+    if dtype is not None:
+        config["training"]["dtype"] = dtype
     config["training"]["epochs"] = max(1, config["training"]["epochs"] // scale)
     for truth in config["ground_truths"]:
         if "epochs" in truth:
@@ -54,6 +57,8 @@ def main() -> None:
                         help="Measure only the conditions whose label contains this text.")
     parser.add_argument("--damping", type=float, default=None,
                         help="Raise every estimator's damping to at least this value.")
+    parser.add_argument("--dtype", choices=["float64", "float32"], default=None,
+                        help="Train and retrain in this type instead of the protocol's.")
     args = parser.parse_args()
 
     protocol = load_protocol(args.protocol)
@@ -72,8 +77,8 @@ def main() -> None:
     total = 0.0
     by_variant: dict[str, float] = {}
     for condition in conditions:
-        task = BatchTask(condition.id, scaled_config(condition.config, args.scale, args.damping),
-                         tuple(range(batch)), seeds)
+        config = scaled_config(condition.config, args.scale, args.damping, args.dtype)
+        task = BatchTask(condition.id, config, tuple(range(batch)), seeds)
         started = time.perf_counter()
         timings = run_batch(task)[0]["timings"]
         elapsed = time.perf_counter() - started
