@@ -292,7 +292,8 @@ class VDP(Model):
             layers = _layer_names(params)
             variances = {f"{name}.{kind}": torch.nn.functional.softplus(
                 weights[f"{name}.{kind}_rho"]) for name in layers for kind in ("weight", "bias")}
-            # Forward: keep each layer's input moments and pre-activations.
+            # Forward: keep each layer's input moments and, below the output, what the
+            # activation's backward step needs.
             mean, var = inputs, None
             stored = []
             for i, name in enumerate(layers):
