@@ -322,27 +322,11 @@ class VDP(Model):
                 var = pre_var * slope_squared
                 stored.append((*layer_inputs, pre_var, slope, slope_squared, curvature))
 
-            largest = pre_mean.amax(dim=1, keepdim=True)
-            exponentials = (pre_mean - largest).exp()
-            probs = exponentials / exponentials.sum(dim=1, keepdim=True)
             if one_hot is None:
-                one_hot = torch.nn.functional.one_hot(y, probs.shape[1]).to(probs.dtype).T
-            spread = probs * (1.0 - probs)
-            out_var = spread.square() * pre_var
-            floored = out_var + params.variance_floor
-            residual = one_hot - probs
-            scaled = residual / floored
-            values = None
-            if need_value:
-                losses = 0.5 * (residual * scaled
-                                + params.log_det_weight * torch.log(floored)).sum(dim=1)
-                values = (losses * sample_weights).sum(dim=1)
-            # ∂ℓ/∂σ²_out and ∂ℓ/∂μ_out of ℓ = ½ Σ_c [r_c² / q_c + α log q_c], r = y − μ, q = σ² + ε.
-            grad_out_var = 0.5 * (params.log_det_weight / floored - scaled.square())
-            grad_probs = weights_row * (
-                grad_out_var * 2.0 * spread * (1.0 - 2.0 * probs) * pre_var - scaled)
-            grad_mean = probs * (grad_probs - (grad_probs * probs).sum(dim=1, keepdim=True))
-            grad_var = weights_row * grad_out_var * spread.square()
+                one_hot = torch.nn.functional.one_hot(y, pre_mean.shape[1]).to(pre_mean.dtype).T
+            losses, grad_mean, grad_var = _output_loss_and_grads(
+                params, pre_mean, pre_var, one_hot, weights_row, need_value)
+            values = None if losses is None else (losses * sample_weights).sum(dim=1)
             # Back to the (B, n, C) layout of the layers, as views.
             grad_mean, grad_var = grad_mean.transpose(1, 2), grad_var.transpose(1, 2)
 
@@ -385,7 +369,7 @@ class VDP(Model):
         return value_and_grad
 
     def head_objective(self, params: VDPParams, weights, feats, y, sample_weights):  # type: ignore[no-untyped-def,override]
-        """Hand-written retraining of the last layer's means, k retrains per model.
+        """Return a hand-written ``ValueAndGrad`` for retraining the last layer's means.
 
         With the features ``[μ_a, σ²_a]`` and the variances fixed, retrain j
         of model b has output moments μ = μ_a W_j + b_j and
@@ -428,22 +412,11 @@ class VDP(Model):
             bias = retrain_weights["bias"].reshape(size, k, classes).permute(0, 2, 1)
             mean = (weight @ mean_in_t).reshape(size, classes, k, n) + bias[..., None]
             var = (weight.square() @ var_in_t).reshape(size, classes, k, n) + fixed_var
-            largest = mean.amax(dim=1, keepdim=True)
-            exponentials = torch.exp(mean - largest)
-            probs = exponentials / exponentials.sum(dim=1, keepdim=True)
-            spread = probs * (1.0 - probs)
-            floored = spread.square() * var + params.variance_floor
-            residual = one_hot - probs
-            scaled = residual / floored
+            losses, grad_mean, grad_var = _output_loss_and_grads(
+                params, mean, var, one_hot, keep, need_value)
             values = None
-            if need_value:
-                losses = 0.5 * (residual * scaled
-                                + params.log_det_weight * torch.log(floored)).sum(dim=1)
+            if losses is not None:
                 values = (losses * sample_weights).sum(dim=2).reshape(-1)
-            grad_out_var = 0.5 * (params.log_det_weight / floored - scaled.square())
-            grad_probs = keep * (grad_out_var * 2.0 * spread * (1.0 - 2.0 * probs) * var - scaled)
-            grad_mean = probs * (grad_probs - (grad_probs * probs).sum(dim=1, keepdim=True))
-            grad_var = keep * grad_out_var * spread.square()
             flat_mean = grad_mean.reshape(size, classes * k, n)
             flat_var = grad_var.reshape(size, classes * k, n)
             grad_weight = (flat_mean @ mean_in
@@ -490,6 +463,41 @@ class VDP(Model):
             grads[f"{name}_rho"] = grads[f"{name}_rho"] + params.kl_weight * 0.5 * (
                 1.0 / prior - 1.0 / var) * torch.sigmoid(weights[f"{name}_rho"])
         return params.kl_weight * total
+
+
+def _output_loss_and_grads(
+    params: VDPParams, mean: torch.Tensor, var: torch.Tensor, one_hot: torch.Tensor,
+    sample_weights: torch.Tensor, need_value: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Return the per-sample loss and the gradients of Σ_i a_i ℓ_i in the output-layer moments.
+
+    ``mean`` and ``var`` are the moments μ_y and σ²_y of the last layer's
+    output, class-major: classes along dimension 1. ``one_hot`` and
+    ``sample_weights`` broadcast against them. The loss, with dimension 1
+    summed away, is None unless ``need_value``. The softmax variance is the
+    ``jacobian_diagonal`` one, σ² = (μ(1 − μ))² σ²_y.
+    """
+    import torch
+
+    largest = mean.amax(dim=1, keepdim=True)
+    exponentials = (mean - largest).exp()
+    probs = exponentials / exponentials.sum(dim=1, keepdim=True)
+    spread = probs * (1.0 - probs)
+    spread_squared = spread.square()
+    floored = spread_squared * var + params.variance_floor
+    residual = one_hot - probs
+    scaled = residual / floored
+    losses = None
+    if need_value:
+        losses = 0.5 * (residual * scaled
+                        + params.log_det_weight * torch.log(floored)).sum(dim=1)
+    # ∂ℓ/∂σ²_out and ∂ℓ/∂μ_out of ℓ = ½ Σ_c [r_c² / q_c + α log q_c], r = y − μ, q = σ² + ε.
+    grad_out_var = 0.5 * (params.log_det_weight / floored - scaled.square())
+    grad_probs = sample_weights * (
+        grad_out_var * 2.0 * spread * (1.0 - 2.0 * probs) * var - scaled)
+    grad_mean = probs * (grad_probs - (grad_probs * probs).sum(dim=1, keepdim=True))
+    grad_var = sample_weights * grad_out_var * spread_squared
+    return losses, grad_mean, grad_var
 
 
 def _activation_slopes(name: str,
